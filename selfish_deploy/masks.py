@@ -1,0 +1,129 @@
+"""Binary masks over every weight matrix, with an exact non-zero count per tensor.
+
+The registry is keyed by parameter name (tied weights appear once, so they share one mask). Biases stay
+dense. The count ``target_nnz[name]`` is fixed at construction; sparse-training methods move non-zeros
+around but must keep it (checked by ``check``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+from .model import gate_count
+
+DISTRIBUTIONS = ("uniform", "erk")
+
+
+def sparse_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every weight matrix (2-D parameter); ``named_parameters`` already drops tied duplicates."""
+    return {n: p for n, p in model.named_parameters() if p.dim() == 2}
+
+
+def erk_densities(shapes: dict[str, tuple[int, int]], density: float) -> dict[str, float]:
+    """Erdős–Rényi-Kernel densities (RigL, Evci et al. 2020): density_l ∝ (rows + cols) / (rows * cols),
+    scaled so the total non-zero count equals ``density`` times all weights; layers that would exceed
+    1 are made dense and the rest rescaled."""
+    total = sum(r * c for r, c in shapes.values())
+    dense: set[str] = set()
+    while True:
+        budget = density * total - sum(r * c for n, (r, c) in shapes.items() if n in dense)
+        raw = {n: (r + c) / (r * c) for n, (r, c) in shapes.items() if n not in dense}
+        eps = budget / sum(raw[n] * shapes[n][0] * shapes[n][1] for n in raw)
+        over = {n for n in raw if eps * raw[n] > 1.0}
+        if not over:
+            return {n: (1.0 if n in dense else eps * raw[n]) for n in shapes}
+        dense |= over
+
+
+def random_mask(shape: tuple[int, ...], nnz: int, generator: torch.Generator) -> torch.Tensor:
+    numel = math.prod(shape)
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[torch.randperm(numel, generator=generator)[:nnz]] = True
+    return mask.view(shape)
+
+
+class MaskRegistry:
+    """Masks for the weight matrices of ``model``; call ``apply_`` after every optimizer step."""
+
+    def __init__(self, model: nn.Module, density: float = 1.0, distribution: str = "uniform",
+                 generator: torch.Generator | None = None, arch: str | None = None):
+        if not 0.0 < density <= 1.0:
+            raise UserError(f"density must be in (0, 1], got {density}")
+        if distribution not in DISTRIBUTIONS:
+            raise UserError(f"unknown density distribution {distribution!r}; choose from {DISTRIBUTIONS}")
+        self.arch = arch or getattr(getattr(model, "config", None), "arch", "lstm")
+        self.params = sparse_parameters(model)
+        shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+        if distribution == "erk" and density < 1.0:
+            per_tensor = erk_densities(shapes, density)
+        else:
+            per_tensor = {n: density for n in shapes}
+        self.target_nnz = {n: max(1, round(per_tensor[n] * math.prod(s))) for n, s in shapes.items()}
+        generator = generator or torch.Generator().manual_seed(0)
+        device = next(iter(self.params.values())).device
+        self.masks = {
+            n: random_mask(shapes[n], self.target_nnz[n], generator).to(device) for n in self.params
+        }
+        self.apply_()
+
+    def __iter__(self):
+        return iter(self.masks)
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Zero every weight outside its mask."""
+        for n, p in self.params.items():
+            p.masked_fill_(~self.masks[n], 0.0)
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
+        """Zero gradients outside the mask, so optimizer state never builds up on dead weights."""
+        for n, p in self.params.items():
+            if p.grad is not None:
+                p.grad.masked_fill_(~self.masks[n], 0.0)
+
+    def nnz(self, name: str) -> int:
+        return int(self.masks[name].sum())
+
+    def density(self, name: str) -> float:
+        return self.nnz(name) / self.masks[name].numel()
+
+    def gate_densities(self, name: str) -> list[float]:
+        """Density of each gate's row block of a gate-stacked matrix (one value for other matrices)."""
+        blocks = self.masks[name].chunk(gate_count(name, self.arch), dim=0)
+        return [float(b.float().mean()) for b in blocks]
+
+    def total_density(self) -> float:
+        return sum(self.target_nnz.values()) / sum(m.numel() for m in self.masks.values())
+
+    def report(self) -> dict:
+        """Per-tensor density and per-gate densities, for ``config.json`` and ``metrics.jsonl``."""
+        return {
+            n: {"density": self.density(n), "nnz": self.nnz(n), "gates": self.gate_densities(n)}
+            for n in self.masks
+        }
+
+    def check(self) -> None:
+        """Raise if any tensor's nnz drifted or a weight is alive outside its mask."""
+        for n, p in self.params.items():
+            if self.nnz(n) != self.target_nnz[n]:
+                raise AssertionError(f"{n}: mask has {self.nnz(n)} non-zeros, expected {self.target_nnz[n]}")
+            if bool((p.detach()[~self.masks[n]] != 0).any()):
+                raise AssertionError(f"{n}: weights alive outside the mask")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: m.cpu() for n, m in self.masks.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != set(self.masks):
+            raise UserError(f"mask names differ: checkpoint {sorted(state)} vs model {sorted(self.masks)}")
+        for n, m in state.items():
+            if m.shape != self.masks[n].shape:
+                raise UserError(f"mask {n}: shape {tuple(m.shape)} vs model {tuple(self.masks[n].shape)}")
+            self.masks[n] = m.to(dtype=torch.bool, device=self.masks[n].device)
+            self.target_nnz[n] = int(self.masks[n].sum())
+        self.apply_()

@@ -1,0 +1,1 @@
+"""Sparse-to-sparse training of RNN language models (installed as ``selfish_deploy.training``)."""

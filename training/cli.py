@@ -1,0 +1,106 @@
+"""``selfish-train``: train a sparse RNN language model into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+from selfish_deploy import cli
+from selfish_deploy.errors import UserError
+from selfish_deploy.model import ARCHS
+from selfish_deploy.rundir import read_json
+
+from .config import TrainConfig, load_recipe
+from .methods import METHODS
+from .optim import OPTIMIZERS
+
+log = logging.getLogger(__name__)
+
+HELP = {
+    "corpus": "corpus name: sub-directory of --data-dir, or Hub corpus (ptb, wikitext-2)",
+    "data_dir": "directory with {train,valid,test}.txt (default: $SELFISH_DATA_DIR, else the Hub)",
+    "arch": "recurrent cell",
+    "layers": "number of recurrent layers",
+    "hidden": "units per recurrent layer",
+    "emb": "embedding width (and last layer's width when tied)",
+    "dropout": "dropout on embeddings, between layers and before the decoder",
+    "tie_weights": "share the embedding and decoder matrix (and mask)",
+    "method": "sparse-training method",
+    "density": "fraction of non-zero weights over all weight matrices",
+    "distribution": "how the density is spread over tensors at init",
+    "optimizer": "optimizer",
+    "lr": "initial learning rate",
+    "anneal": "sgd: divide the learning rate by this when validation does not improve",
+    "clip": "gradient-norm clipping",
+    "weight_decay": "L2 weight decay",
+    "epochs": "epochs to train",
+    "batch_size": "training batch size",
+    "eval_batch_size": "validation/test batch size",
+    "bptt": "truncated back-propagation length",
+    "seed": "random seed (weights, masks, dropout)",
+    "device": "cpu, cuda or cuda:N",
+    "out": "run directory to write",
+    "log_interval": "batches between progress-bar loss updates",
+    "stop_after_epoch": "end this invocation after that epoch; continue later with --resume",
+    "dry_run": "one batch per epoch and evaluation: checks the whole path quickly",
+}
+CHOICES = {"arch": ARCHS, "method": tuple(sorted(METHODS)), "distribution": ("uniform", "erk"),
+           "optimizer": OPTIMIZERS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="selfish-train",
+        description="Train a sparse RNN language model. Values come from defaults, then --config, then flags.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", metavar="TOML", help="recipe file (or the name of a bundled recipe)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly from its checkpoint "
+                   "(its config is used; only --epochs, --stop-after-epoch and --device may change)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
+            continue
+        kind = {"int": int, "float": float}.get(f.type.split(" |")[0], str)
+        p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
+                       help=f"{HELP[f.name]} (default: {default})")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = read_json(run_dir / "config.json").get("train")
+        if not isinstance(saved, dict):
+            raise UserError(f"{run_dir}/config.json has no 'train' section")
+        changeable = {k: v for k, v in flags.items() if k in ("epochs", "stop_after_epoch", "device")}
+        ignored = sorted(set(flags) - set(changeable))
+        if ignored:
+            log.warning("--resume uses the run's config; ignoring %s", ", ".join(ignored))
+        saved = {**saved, "stop_after_epoch": None}
+        return TrainConfig.from_dict({**saved, **changeable, "out": str(run_dir)}), True
+    values = load_recipe(args.config) if args.config else {}
+    return TrainConfig.from_dict({**TrainConfig().to_dict(), **values, **flags}), False
+
+
+def body(args: argparse.Namespace) -> int:
+    from .trainer import train  # heavy imports after argument checks
+
+    cfg, resume = resolve(args)
+    train(cfg, resume=resume)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

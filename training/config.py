@@ -1,0 +1,85 @@
+"""Training configuration: defaults, then a TOML recipe, then command-line flags (kebab-case = key)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from selfish_deploy.errors import UserError
+from selfish_deploy.model import ARCHS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    corpus: str = "ptb"  # ptb | wikitext-2 | ptb-tiny (sub-directory name, or Hub corpus)
+    data_dir: str | None = None  # None: $SELFISH_DATA_DIR, else the Hugging Face Hub
+    # model
+    arch: str = "lstm"
+    layers: int = 2
+    hidden: int = 200
+    emb: int = 200
+    dropout: float = 0.5
+    tie_weights: bool = True
+    # sparsity
+    method: str = "static"  # see training.methods.METHODS
+    density: float = 0.33  # fraction of non-zeros over all weight matrices (1.0 for --method dense)
+    distribution: str = "uniform"  # uniform | erk: how density is spread over tensors at init
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 20.0
+    anneal: float = 4.0  # sgd: divide lr by this when validation does not improve (word_language_model)
+    clip: float = 0.25
+    weight_decay: float = 0.0
+    epochs: int = 40
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    bptt: int = 35
+    # run
+    seed: int = 1111
+    device: str = "cpu"
+    out: str = "runs/default"
+    log_interval: int = 200
+    stop_after_epoch: int | None = None  # end this invocation after that epoch (resume later)
+    dry_run: bool = False  # one batch per epoch and split: checks the whole path in seconds
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise UserError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if not 0.0 < self.density <= 1.0:
+            raise UserError(f"--density must be in (0, 1], got {self.density}")
+        for k in ("epochs", "batch_size", "eval_batch_size", "bptt", "layers", "hidden", "emb"):
+            if getattr(self, k) < 1:
+                raise UserError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(self, k)}")
+        if self.lr <= 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return replace(self, **changes)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read a TOML recipe: flat ``key = value`` pairs named like the config fields (or kebab-case)."""
+    path = Path(path)
+    if not path.is_file():
+        bundled = Path(__file__).parent / "recipes" / f"{path.name.removesuffix('.toml')}.toml"
+        if not bundled.is_file():
+            raise UserError(f"recipe not found: {path}")
+        path = bundled
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML: {e}") from None
+    return {k.replace("-", "_"): v for k, v in raw.items()}
