@@ -154,7 +154,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             total_loss += loss.item()
             n_batches += 1
             if n_batches % cfg.log_interval == 0:
-                bar.set_postfix(loss=f"{total_loss / n_batches:.3f}", ppl=f"{math.exp(total_loss / n_batches):.1f}")
+                ppl = math.exp(total_loss / n_batches)
+                bar.set_postfix(ppl=f"{ppl:.1f}")
+                if bar.disable:  # no terminal: progress goes to the log instead
+                    log.info("epoch %d | %d/%d batches | %.0f ms/batch | train ppl %.1f", epoch, n_batches,
+                             len(starts), 1000 * (time.time() - t0) / n_batches, ppl)
         train_time = time.time() - t0
         with optimizer.eval_weights():
             val_loss = evaluate(model, val_data, cfg.bptt, max_batches)
