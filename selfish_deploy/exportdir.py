@@ -1,0 +1,155 @@
+"""The export directory: what ``selfish-export`` writes, the runtime reads and the Hub stores.
+
+    EXPORT_DIR/
+      config.json          model config, vocabulary size, dtype, densities, source run and its results
+      model.safetensors    per weight matrix NAME either CSR (``NAME.crow_indices`` int32,
+                           ``NAME.col_indices`` uint16|int32, ``NAME.values``) or dense ``NAME``;
+                           biases dense; metadata: format version, layout/shape/density per tensor
+      vocab.txt            one token per line
+      export_report.json   sizes and densities per tensor (``selfish-inspect`` prints it)
+
+A matrix at density 1.0 is stored dense (CSR would only add indices). Tied weights are stored once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .csr import CSR
+from .errors import UserError
+from .model import ModelConfig, gate_count
+from .rundir import read_json, write_json
+from .vocab import Vocabulary
+
+EXPORT_FORMAT = "selfish-export"
+EXPORT_FORMAT_VERSION = 1
+CSR_PARTS = ("crow_indices", "col_indices", "values")
+
+
+@dataclass
+class ExportedModel:
+    """An export directory in memory: CSR matrices, dense tensors, config and vocabulary."""
+
+    config: dict
+    model_config: ModelConfig
+    vocab: Vocabulary
+    sparse: dict[str, CSR] = field(default_factory=dict)
+    dense: dict[str, torch.Tensor] = field(default_factory=dict)
+    path: Path | None = None
+
+    def weight(self, name: str) -> CSR | torch.Tensor:
+        return self.sparse[name] if name in self.sparse else self.dense[name]
+
+    def tensor_info(self) -> dict[str, dict]:
+        """Layout, shape, nnz, density and per-gate density of every stored tensor."""
+        info = {}
+        arch = self.model_config.arch
+        for n, csr in self.sparse.items():
+            mask = csr.mask()
+            gates = [float(b.float().mean()) for b in mask.chunk(gate_count(n, arch), dim=0)]
+            info[n] = {"layout": "csr", "shape": list(csr.shape), "nnz": csr.nnz,
+                       "density": csr.nnz / (csr.shape[0] * csr.shape[1]), "gates": gates}
+        for n, t in self.dense.items():
+            entry = {"layout": "dense", "shape": list(t.shape), "nnz": t.numel(), "density": 1.0}
+            if t.dim() == 2:
+                entry["gates"] = [1.0] * gate_count(n, arch)
+            info[n] = entry
+        return info
+
+
+def save_export(model: ExportedModel, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for n, csr in model.sparse.items():
+        for part in CSR_PARTS:
+            tensors[f"{n}.{part}"] = getattr(csr, part).contiguous()
+    tensors.update({n: t.contiguous() for n, t in model.dense.items()})
+    info = model.tensor_info()
+    metadata = {"format": EXPORT_FORMAT, "format_version": str(EXPORT_FORMAT_VERSION),
+                "tensors": json.dumps(info), "source_run": str(model.config.get("source_run", ""))}
+    save_file(tensors, str(out / "model.safetensors"), metadata=metadata)
+    write_json(out / "config.json", model.config)
+    model.vocab.save(out / "vocab.txt")
+    return out
+
+
+def _check_format(where: str, fmt, version) -> None:
+    if fmt != EXPORT_FORMAT:
+        raise UserError(f"{where} is not a selfish-deploy export (format {fmt!r})")
+    if str(version) != str(EXPORT_FORMAT_VERSION):
+        raise UserError(f"{where}: export format version {version} is not supported "
+                        f"(this version reads {EXPORT_FORMAT_VERSION})")
+
+
+def load_export(path: str | Path) -> ExportedModel:
+    """Read and validate an export directory; every problem is a ``UserError`` naming the file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"export directory not found: {path}")
+    config = read_json(path / "config.json")
+    _check_format(str(path / "config.json"), config.get("format"), config.get("format_version"))
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{path}/config.json has no valid 'model' section: {e}") from None
+    vocab = Vocabulary.load(path / "vocab.txt")
+    if len(vocab) != model_config.vocab_size:
+        raise UserError(f"{path}: vocab.txt has {len(vocab)} words, config says {model_config.vocab_size}")
+    st = path / "model.safetensors"
+    if not st.is_file():
+        raise UserError(f"missing model.safetensors in {path}")
+    try:
+        with safe_open(str(st), framework="pt") as f:
+            meta = f.metadata() or {}
+            _check_format(str(st), meta.get("format"), meta.get("format_version"))
+            info = json.loads(meta["tensors"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise UserError(f"{st} is not a readable export file: {e}") from None
+    model = ExportedModel(config, model_config, vocab, path=path)
+    for n, entry in info.items():
+        shape = tuple(entry["shape"])
+        try:
+            if entry["layout"] == "csr":
+                csr = CSR(*(tensors[f"{n}.{p}"] for p in CSR_PARTS), shape=shape)
+                csr.validate()
+                model.sparse[n] = csr
+            else:
+                model.dense[n] = tensors[n]
+                if tuple(tensors[n].shape) != shape:
+                    raise ValueError(f"shape {tuple(tensors[n].shape)}, metadata says {shape}")
+        except (KeyError, ValueError) as e:
+            raise UserError(f"{st}: tensor {n} is corrupt: {e}") from None
+    _check_shapes(model, st)
+    return model
+
+
+def _check_shapes(model: ExportedModel, where: Path) -> None:
+    """Every parameter the config implies is present with the right shape (strict load)."""
+    from .model import RNNLM
+
+    with torch.device("meta"):
+        expected = {n: tuple(p.shape) for n, p in RNNLM(model.model_config).named_parameters()}
+    stored = {n: tuple(model.weight(n).shape) for n in [*model.sparse, *model.dense]}
+    missing, unexpected = set(expected) - set(stored), set(stored) - set(expected)
+    if missing or unexpected:
+        raise UserError(f"{where}: tensors do not match config.json (missing {sorted(missing)}, "
+                        f"unexpected {sorted(unexpected)})")
+    for n, shape in expected.items():
+        if stored[n] != shape:
+            raise UserError(f"{where}: {n} has shape {stored[n]}, config.json implies {shape}")
+
+
+def read_report(path: str | Path) -> dict:
+    return read_json(Path(path) / "export_report.json")
+
+
+def write_report(path: str | Path, report: dict) -> None:
+    write_json(Path(path) / "export_report.json", report)
