@@ -13,6 +13,7 @@ has at most 65,536 columns (half the bytes), else int32.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -84,12 +85,16 @@ class CSR:
 
     def to_torch(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
         """A ``torch.sparse_csr_tensor`` (int32 indices) for the runtime's kernels."""
-        return torch.sparse_csr_tensor(
-            self.crow_indices.to(device=device, dtype=torch.int32),
-            self.col_indices.to(torch.int32).to(device),
-            self.values.to(device=device, dtype=dtype or self.values.dtype),
-            self.shape,
-        )
+        self.validate()  # the kernels trust these invariants, so check them once here
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                self.crow_indices.to(device=device, dtype=torch.int32),
+                self.col_indices.to(torch.int32).to(device),
+                self.values.to(device=device, dtype=dtype or self.values.dtype),
+                self.shape,
+                check_invariants=False,
+            )
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.crow_indices, self.col_indices, self.values))
