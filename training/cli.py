@@ -30,6 +30,14 @@ HELP = {
     "method": "sparse-training method",
     "density": "fraction of non-zero weights over all weight matrices",
     "distribution": "how the density is spread over tensors at init",
+    "death_rate": "fraction of a tensor's non-zeros removed per topology update; unset: the method's own "
+                  "(selfish 0.8 for LSTM else 0.5, set 0.3, rigl 0.3, snfs 0.5, dsr 0.1 as its target)",
+    "death_rate_final": "selfish/snfs: the death rate anneals by a cosine down to this",
+    "update_every": "steps between topology updates; 0: once per epoch; unset: 100 for rigl and gmp, "
+                    "once per epoch for the others",
+    "stop_fraction": "rigl: no topology updates after this fraction of the training steps",
+    "gmp_start": "gmp: start pruning at this fraction of the training steps",
+    "gmp_end": "gmp: reach the final --density at this fraction of the training steps",
     "optimizer": "optimizer",
     "lr": "initial learning rate",
     "anneal": "sgd: divide the learning rate by this when validation does not improve",

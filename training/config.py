@@ -26,6 +26,12 @@ class TrainConfig:
     method: str = "static"  # see training.methods.METHODS
     density: float = 0.33  # fraction of non-zeros over all weight matrices (1.0 for --method dense)
     distribution: str = "uniform"  # uniform | erk: how density is spread over tensors at init
+    death_rate: float | None = None  # fraction of nnz a topology update removes; None: the method's own default
+    death_rate_final: float = 0.005  # floor of the cosine-annealed death rate (Selfish-RNN, SNFS)
+    update_every: int | None = None  # steps between topology updates, 0: once per epoch; None: method default
+    stop_fraction: float = 0.75  # rigl: no topology updates past this fraction of the steps (Evci et al.)
+    gmp_start: float = 0.1  # gmp: pruning starts at this fraction of the steps (Zhu & Gupta's t0)
+    gmp_end: float = 0.75  # gmp: the final density is reached at this fraction of the steps
     # optimisation
     optimizer: str = "sgd"
     lr: float = 20.0
@@ -49,6 +55,12 @@ class TrainConfig:
             raise UserError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
         if not 0.0 < self.density <= 1.0:
             raise UserError(f"--density must be in (0, 1], got {self.density}")
+        if not (0.0 <= (self.death_rate or 0.0) < 1.0 and 0.0 <= self.death_rate_final < 1.0):
+            raise UserError("--death-rate and --death-rate-final must be in [0, 1)")
+        if (self.update_every or 0) < 0 or not 0.0 < self.stop_fraction <= 1.0:
+            raise UserError("--update-every must not be negative and --stop-fraction must be in (0, 1]")
+        if not 0.0 <= self.gmp_start < self.gmp_end <= 1.0:
+            raise UserError("need 0 <= --gmp-start < --gmp-end <= 1")
         for k in ("epochs", "batch_size", "eval_batch_size", "bptt", "layers", "hidden", "emb"):
             if getattr(self, k) < 1:
                 raise UserError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(self, k)}")

@@ -6,9 +6,15 @@ from selfish_deploy.errors import UserError
 
 from .base import SparseMethod
 from .dense import Dense
+from .dsr import DSR
+from .gmp import GMP
+from .rigl import RigL
+from .selfish import Selfish
+from .set import SET
+from .snfs import SNFS
 from .static import Static
 
-METHODS: dict[str, type[SparseMethod]] = {m.name: m for m in (Dense, Static)}
+METHODS: dict[str, type[SparseMethod]] = {m.name: m for m in (Dense, Static, Selfish, SET, RigL, SNFS, DSR, GMP)}
 
 
 def get_method(name: str) -> type[SparseMethod]:
