@@ -55,18 +55,30 @@ class CSR:
         return cls.from_masked(weight, weight != 0, dtype)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` unless the three arrays form a well-formed CSR matrix of ``shape``."""
+        """Raise ``ValueError`` unless the three arrays form a well-formed CSR matrix of ``shape``:
+        int32 row pointers, uint16/int32 column indices strictly increasing within each row, 1-D values."""
         rows, cols = self.shape
+        if self.crow_indices.dtype != torch.int32 or self.col_indices.dtype not in (torch.uint16, torch.int32):
+            raise ValueError(f"index dtypes {self.crow_indices.dtype}/{self.col_indices.dtype}, "
+                             "expected int32 row pointers and uint16|int32 column indices")
+        if self.values.dim() != 1 or not self.values.is_floating_point():
+            raise ValueError(f"values must be a 1-D float tensor, got {self.values.dtype} {tuple(self.values.shape)}")
         crow = self.crow_indices.long()
         if crow.dim() != 1 or crow.numel() != rows + 1:
             raise ValueError(f"crow_indices has {crow.numel()} entries, expected rows+1 = {rows + 1}")
         if int(crow[0]) != 0 or int(crow[-1]) != self.nnz or bool((crow[1:] < crow[:-1]).any()):
             raise ValueError("crow_indices must start at 0, be non-decreasing and end at nnz")
-        if self.col_indices.numel() != self.nnz:
+        if self.col_indices.dim() != 1 or self.col_indices.numel() != self.nnz:
             raise ValueError(f"{self.col_indices.numel()} column indices for {self.nnz} values")
         col = self.col_indices.long()
         if self.nnz and (int(col.min()) < 0 or int(col.max()) >= cols):
             raise ValueError(f"column index out of range for {cols} columns")
+        # Within a row columns must rise strictly (no duplicates): compare neighbours except across rows.
+        rising = col[1:] > col[:-1]
+        row_start = torch.zeros(self.nnz, dtype=torch.bool)
+        row_start[crow[1:-1][crow[1:-1] < self.nnz]] = True
+        if self.nnz > 1 and not bool((rising | row_start[1:]).all()):
+            raise ValueError("column indices must be strictly increasing within each row")
 
     def row_ids(self) -> torch.Tensor:
         """Row index of every stored value (COO rows)."""

@@ -6,7 +6,8 @@
                            ``NAME.col_indices`` uint16|int32, ``NAME.values``) or dense ``NAME``;
                            biases dense; metadata: format version, layout/shape/density per tensor
       vocab.txt            one token per line
-      export_report.json   sizes and densities per tensor (``selfish-inspect`` prints it)
+      export_report.json   sizes and densities per tensor, file sizes (``selfish-inspect`` prints it)
+      model.onnx           with ``--onnx``: the same model as an ONNX graph (see export/onnx_graph.py)
 
 A matrix at density 1.0 is stored dense (CSR would only add indices). Tied weights are stored once.
 """
@@ -74,7 +75,9 @@ def save_export(model: ExportedModel, out_dir: str | Path) -> Path:
     info = model.tensor_info()
     metadata = {"format": EXPORT_FORMAT, "format_version": str(EXPORT_FORMAT_VERSION),
                 "tensors": json.dumps(info), "source_run": str(model.config.get("source_run", ""))}
-    save_file(tensors, str(out / "model.safetensors"), metadata=metadata)
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(out / "model.safetensors")
     write_json(out / "config.json", model.config)
     model.vocab.save(out / "vocab.txt")
     return out
@@ -94,6 +97,8 @@ def load_export(path: str | Path) -> ExportedModel:
     if not path.is_dir():
         raise UserError(f"export directory not found: {path}")
     config = read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise UserError(f"{path}/config.json is not a JSON object")
     _check_format(str(path / "config.json"), config.get("format"), config.get("format_version"))
     try:
         model_config = ModelConfig.from_dict(config["model"])
@@ -108,15 +113,20 @@ def load_export(path: str | Path) -> ExportedModel:
     try:
         with safe_open(str(st), framework="pt") as f:
             meta = f.metadata() or {}
-            _check_format(str(st), meta.get("format"), meta.get("format_version"))
-            info = json.loads(meta["tensors"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
-        raise UserError(f"{st} is not a readable export file: {e}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{st} is not a readable safetensors file: {e}") from None
+    _check_format(str(st), meta.get("format"), meta.get("format_version"))
+    try:
+        info = json.loads(meta["tensors"])
+        if not isinstance(info, dict) or not all(isinstance(e, dict) for e in info.values()):
+            raise ValueError("not a JSON object of objects")
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{st}: metadata 'tensors' is missing or corrupt: {e}") from None
     model = ExportedModel(config, model_config, vocab, path=path)
     for n, entry in info.items():
-        shape = tuple(entry["shape"])
         try:
+            shape = tuple(int(s) for s in entry["shape"])
             if entry["layout"] == "csr":
                 csr = CSR(*(tensors[f"{n}.{p}"] for p in CSR_PARTS), shape=shape)
                 csr.validate()
@@ -125,7 +135,7 @@ def load_export(path: str | Path) -> ExportedModel:
                 model.dense[n] = tensors[n]
                 if tuple(tensors[n].shape) != shape:
                     raise ValueError(f"shape {tuple(tensors[n].shape)}, metadata says {shape}")
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, TypeError) as e:
             raise UserError(f"{st}: tensor {n} is corrupt: {e}") from None
     _check_shapes(model, st)
     return model

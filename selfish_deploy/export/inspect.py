@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace) -> int:
-    report = size_report(load_export(args.export_dir))  # recomputed from the files, validated on load
+    report = size_report(load_export(args.export_dir), args.export_dir)  # recomputed from the files, validated
     sys.stdout.write(format_report(report) + "\n")
     return 0
 

@@ -1,16 +1,65 @@
-"""``export_run``: masked run weights -> CSR export directory, with a size report."""
+"""``export_run``: masked run weights -> CSR export directory (and ``model.onnx``), with a size report.
+
+The weights are the run's ``model.safetensors``: the best-validation weights, which with SNT-ASGD are
+the masked averages once averaging has begun (the trainer saves inside ``optimizer.eval_weights()``).
+``config.json`` records which: ``weights.averaged`` from the best epoch's ``phase`` in ``metrics.jsonl``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+
+import torch
 
 from ..csr import CSR, DTYPES
 from ..errors import UserError
 from ..exportdir import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, ExportedModel, save_export, write_report
-from ..rundir import load_run
+from ..rundir import Run, load_run
+from .onnx_graph import ONNX_FILE, build_onnx, onnx_summary, save_onnx
 
 log = logging.getLogger(__name__)
+
+
+def _check_masks(run: Run) -> None:
+    """Masks name 2-D weights of the same shape; weights alive outside their mask are dropped (warned)."""
+    for name, mask in run.masks.items():
+        w = run.weights.get(name)
+        if w is None or w.dim() != 2:
+            raise UserError(f"{run.path}/model.safetensors: mask for {name!r}, which is not a weight matrix")
+        if tuple(mask.shape) != tuple(w.shape):
+            raise UserError(f"{run.path}/model.safetensors: mask {name} has shape {tuple(mask.shape)}, "
+                            f"weight has {tuple(w.shape)}")
+        outside = int(((w != 0) & ~mask).sum())
+        if outside:
+            log.warning("%s: %d non-zero weights outside the mask are dropped", name, outside)
+
+
+def _encode(name: str, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``; an error where that would turn finite weights into inf (fp16 tops at 65504)."""
+    out = weight.to(dtype)
+    if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(weight).all()):
+        raise UserError(f"{name}: weights overflow {dtype} (max |w| = {float(weight.abs().max()):g}); "
+                        "export in fp32 or bf16")
+    return out
+
+
+def _weights_provenance(run_dir: Path) -> dict:
+    """Epoch of the saved (best-validation) weights and whether they are SNT-ASGD averages."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    try:
+        epochs = [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+                  if r.get("event") == "epoch" and "val_loss" in r]
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        log.warning("%s is unreadable; the export does not record which epoch it holds", path)
+        return {}
+    if not epochs:
+        return {}
+    best = min(epochs, key=lambda r: r["val_loss"])  # the first minimum: the trainer saves on strict improvement
+    return {"epoch": best["epoch"], "val_ppl": best.get("val_ppl"), "averaged": best.get("phase") == "asgd"}
 
 
 def build_export(run_dir: str | Path, dtype: str = "fp32") -> ExportedModel:
@@ -19,30 +68,33 @@ def build_export(run_dir: str | Path, dtype: str = "fp32") -> ExportedModel:
         raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     run = load_run(run_dir)
     run.build_model()  # strict check of names and shapes before anything is written
+    _check_masks(run)
     model = ExportedModel(config={}, model_config=run.model_config, vocab=run.vocab)
     for name, weight in run.weights.items():
         mask = run.masks.get(name)
         if mask is not None and not bool(mask.all()):
-            model.sparse[name] = CSR.from_masked(weight, mask, DTYPES[dtype])
+            model.sparse[name] = CSR.from_masked(_encode(name, weight, DTYPES[dtype]), mask, DTYPES[dtype])
         elif weight.dim() == 2:
-            model.dense[name] = weight.to(DTYPES[dtype])
+            model.dense[name] = _encode(name, weight, DTYPES[dtype])
         else:
             model.dense[name] = weight
     info = model.tensor_info()
+    matrices = {n: i for n, i in info.items() if len(i["shape"]) == 2}
     model.config = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION,
         "model": run.model_config.to_dict(), "vocab_size": len(run.vocab), "dtype": dtype,
-        "density": sum(i["nnz"] for n, i in info.items() if len(i["shape"]) == 2)
-        / sum(i["shape"][0] * i["shape"][1] for i in info.values() if len(i["shape"]) == 2),
-        "density_per_tensor": {n: i["density"] for n, i in info.items() if len(i["shape"]) == 2},
-        "source_run": str(Path(run_dir).resolve()), "corpus": run.config.get("corpus", {}),
-        "train": run.config.get("train", {}), "results": run.config.get("results", {}),
+        "density": sum(i["nnz"] for i in matrices.values())
+        / sum(i["shape"][0] * i["shape"][1] for i in matrices.values()),
+        "density_per_tensor": {n: i["density"] for n, i in matrices.items()},
+        "source_run": str(Path(run_dir).resolve()), "weights": _weights_provenance(Path(run_dir)),
+        "corpus": run.config.get("corpus", {}), "train": run.config.get("train", {}),
+        "results": run.config.get("results", {}),
     }
     return model
 
 
-def size_report(model: ExportedModel) -> dict:
-    """Bytes per tensor dense fp32 vs as stored, and the total compression ratio."""
+def size_report(model: ExportedModel, export_dir: str | Path | None = None) -> dict:
+    """Bytes per tensor dense fp32 vs as stored, the total ratio, and the file sizes in ``export_dir``."""
     rows, dense_total, stored_total = {}, 0, 0
     for n, entry in model.tensor_info().items():
         numel = 1
@@ -53,8 +105,20 @@ def size_report(model: ExportedModel) -> dict:
         rows[n] = {**entry, "bytes_dense_fp32": 4 * numel, "bytes_stored": stored}
         dense_total += 4 * numel
         stored_total += stored
-    return {"dtype": model.config.get("dtype"), "tensors": rows, "bytes_dense_fp32": dense_total,
-            "bytes_stored": stored_total, "compression_ratio": dense_total / stored_total}
+    report = {"dtype": model.config.get("dtype"), "tensors": rows, "bytes_dense_fp32": dense_total,
+              "bytes_stored": stored_total, "compression_ratio": dense_total / stored_total}
+    if export_dir is not None:
+        report["files"] = file_sizes(export_dir)
+    return report
+
+
+def file_sizes(export_dir: str | Path) -> dict:
+    """Bytes of each model file present, and how ``model.onnx`` stores its matrices."""
+    d = Path(export_dir)
+    files = {name: (d / name).stat().st_size for name in ("model.safetensors", ONNX_FILE) if (d / name).is_file()}
+    if ONNX_FILE in files:
+        files["onnx"] = onnx_summary(d / ONNX_FILE)
+    return files
 
 
 def format_report(report: dict) -> str:
@@ -68,14 +132,31 @@ def format_report(report: dict) -> str:
     lines.append("-" * len(head))
     lines.append(f"total: {report['bytes_dense_fp32']} B dense fp32 -> {report['bytes_stored']} B stored "
                  f"({report['dtype']}): {report['compression_ratio']:.2f}x smaller")
+    files = report.get("files", {})
+    for name, size in files.items():
+        if isinstance(size, int):
+            lines.append(f"file {name}: {size} B")
+    if "onnx" in files:
+        o = files["onnx"]
+        lines.append(f"model.onnx: opset {o['opset']}, {o['sparse_initializers']} sparse and "
+                     f"{o['dense_initializers']} dense initializers")
     return "\n".join(lines)
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> dict:
-    """Write the export directory for ``run_dir`` and return its size report."""
+def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", onnx: bool = False,
+               onnx_sparse: bool = False) -> dict:
+    """Write the export directory for ``run_dir`` (``model.onnx`` too with ``onnx``); return its size report."""
     model = build_export(run_dir, dtype)
-    save_export(model, out_dir)
-    report = size_report(model)
-    write_report(out_dir, report)
-    log.info("exported %s -> %s (%.2fx smaller than dense fp32)", run_dir, out_dir, report["compression_ratio"])
+    onnx_model = None
+    if onnx or onnx_sparse:
+        onnx_model = build_onnx(model, sparse=onnx_sparse)  # before writing: a failure leaves no half export
+    out = save_export(model, out_dir)
+    if onnx_model is not None:
+        save_onnx(onnx_model, out / ONNX_FILE)
+    elif (out / ONNX_FILE).exists():
+        (out / ONNX_FILE).unlink()  # from an earlier export into this directory: no longer matches
+        log.info("removed the stale %s from %s", ONNX_FILE, out)
+    report = size_report(model, out)
+    write_report(out, report)
+    log.info("exported %s -> %s (%.2fx smaller than dense fp32)", run_dir, out, report["compression_ratio"])
     return report
