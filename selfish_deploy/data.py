@@ -120,14 +120,32 @@ def load_from_hub(corpus: str) -> Corpus:
     """Fetch the parquet splits of ``corpus`` from the Hub (cached by ``huggingface_hub``)."""
     if corpus not in HUB_SOURCES:
         raise UserError(f"corpus {corpus!r} has no Hub source; pass --data-dir (Hub corpora: {sorted(HUB_SOURCES)})")
-    from huggingface_hub import hf_hub_download
+    import pyarrow as pa
     import pyarrow.parquet as pq
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
+    # HfHubHTTPError (repo/revision/entry not found), LocalEntryNotFoundError (unreachable, offline) and
+    # OfflineModeIsEnabled are OSErrors; the HTTP library's own errors (httpx2 in 2.x) are not.
+    try:
+        from httpx2 import HTTPError as TransportError
+    except ImportError:
+        TransportError = OSError
+    hint = "pass --data-dir (or set SELFISH_DATA_DIR) to a directory with the corpus text files"
     repo, revision, files, column = HUB_SOURCES[corpus]
     lines = {}
     for split, filename in files.items():
-        path = hf_hub_download(repo, filename, repo_type="dataset", revision=revision)
-        lines[split] = [str(t) for t in pq.read_table(path, columns=[column]).column(column).to_pylist()]
+        where = f"{constants.ENDPOINT}/datasets/{repo}, file {filename}, revision {revision or 'main'}"
+        try:
+            path = hf_hub_download(repo, filename, repo_type="dataset", revision=revision)
+            table = pq.read_table(path, columns=[column])
+        except pa.ArrowException as e:
+            raise UserError(f"{where} is not a parquet file with a {column!r} column ({e}); {hint}") from e
+        except (OSError, EntryNotFoundError, TransportError) as e:
+            detail = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2]).rstrip(".")
+            raise UserError(f"cannot fetch corpus {corpus!r} from the Hugging Face Hub ({where}): "
+                            f"{type(e).__name__}: {detail}; {hint}") from e
+        lines[split] = [str(t) for t in table.column(column).to_pylist()]
     if corpus == "wikitext-2":
         # Hub rows keep the file's trailing "\n"; the .tokens files are one row per line.
         lines = {s: [t[:-1] if t.endswith("\n") else t for t in ls] for s, ls in lines.items()}

@@ -126,12 +126,12 @@ def hub_endpoint(hub_server, tmp_path, monkeypatch):
         monkeypatch.setenv(var, value)
     for name, value in {
         "ENDPOINT": url, "HUGGINGFACE_CO_URL_TEMPLATE": url + "/{repo_id}/resolve/{revision}/{filename}",
-        "HF_URL_HOSTS": frozenset(getattr(constants, "HF_URL_HOSTS", ())) | {"127.0.0.1"},
+        "HF_URL_HOSTS": constants.HF_URL_HOSTS | {"127.0.0.1"},
         "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_ASSETS_CACHE": str(home / "assets"),
         "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
         "HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_TELEMETRY": True,
     }.items():
-        monkeypatch.setattr(constants, name, value, raising=False)
+        monkeypatch.setattr(constants, name, value)  # raises if a name moved: never fall back to ~/.cache
     monkeypatch.setattr(hf_api.api, "endpoint", url)  # the instance behind huggingface_hub.create_repo & co.
     assert hf_hub_url("o/r", "f", revision="a/b") == f"{url}/o/r/resolve/a%2Fb/f", "huggingface_hub changed"
     yield url
