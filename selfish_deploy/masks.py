@@ -116,7 +116,7 @@ class MaskRegistry:
                 raise AssertionError(f"{n}: weights alive outside the mask")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: m.cpu() for n, m in self.masks.items()}
+        return {n: m.detach().cpu().clone() for n, m in self.masks.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if set(state) != set(self.masks):
