@@ -145,7 +145,7 @@ def load_from_hub(corpus: str) -> Corpus:
             detail = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2]).rstrip(".")
             raise UserError(f"cannot fetch corpus {corpus!r} from the Hugging Face Hub ({where}): "
                             f"{type(e).__name__}: {detail}; {hint}") from e
-        lines[split] = [str(t) for t in table.column(column).to_pylist()]
+        lines[split] = ["" if t is None else str(t) for t in table.column(column).to_pylist()]  # null = empty line
     if corpus == "wikitext-2":
         # Hub rows keep the file's trailing "\n"; the .tokens files are one row per line.
         lines = {s: [t[:-1] if t.endswith("\n") else t for t in ls] for s, ls in lines.items()}
