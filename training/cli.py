@@ -38,8 +38,10 @@ HELP = {
     "stop_fraction": "rigl: no topology updates after this fraction of the training steps",
     "gmp_start": "gmp: start pruning at this fraction of the training steps",
     "gmp_end": "gmp: reach the final --density at this fraction of the training steps",
-    "optimizer": "optimizer",
-    "lr": "initial learning rate",
+    "optimizer": "snt-asgd: SGD, then masked averaging once validation stalls (Selfish-RNN); sgd: annealed SGD",
+    "lr": "initial learning rate (snt-asgd restarts at it when averaging begins)",
+    "nonmono": "snt-asgd: start averaging when validation is worse than the best one before the last N epochs",
+    "asgd_after": "snt-asgd: start averaging after this epoch even if not triggered (0: from the first step)",
     "anneal": "sgd: divide the learning rate by this when validation does not improve",
     "clip": "gradient-norm clipping",
     "weight_decay": "L2 weight decay",
@@ -53,6 +55,8 @@ HELP = {
     "log_interval": "batches between progress-bar loss updates",
     "stop_after_epoch": "end this invocation after that epoch; continue later with --resume",
     "dry_run": "one batch per epoch and evaluation: checks the whole path quickly",
+    "max_batches": "train on at most this many batches per epoch (schedules shrink to match); "
+                   "evaluation still covers the whole split",
 }
 CHOICES = {"arch": ARCHS, "method": tuple(sorted(METHODS)), "distribution": ("uniform", "erk"),
            "optimizer": OPTIMIZERS}

@@ -33,8 +33,10 @@ class TrainConfig:
     gmp_start: float = 0.1  # gmp: pruning starts at this fraction of the steps (Zhu & Gupta's t0)
     gmp_end: float = 0.75  # gmp: the final density is reached at this fraction of the steps
     # optimisation
-    optimizer: str = "sgd"
+    optimizer: str = "snt-asgd"  # snt-asgd | sgd: Selfish-RNN's sparse NT-ASGD (Sec. 3.3) or annealed SGD
     lr: float = 20.0
+    nonmono: int = 5  # snt-asgd: average once validation is worse than the best before the last 5 epochs
+    asgd_after: int | None = None  # snt-asgd: switch after this epoch at the latest (0: average from the start)
     anneal: float = 4.0  # sgd: divide lr by this when validation does not improve (word_language_model)
     clip: float = 0.25
     weight_decay: float = 0.0
@@ -49,6 +51,7 @@ class TrainConfig:
     log_interval: int = 200
     stop_after_epoch: int | None = None  # end this invocation after that epoch (resume later)
     dry_run: bool = False  # one batch per epoch and split: checks the whole path in seconds
+    max_batches: int | None = None  # cap training batches per epoch (benchmarks, smoke runs); None: whole split
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -66,6 +69,10 @@ class TrainConfig:
                 raise UserError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(self, k)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise UserError(f"--max-batches must be at least 1, got {self.max_batches}")
+        if self.nonmono < 0 or (self.asgd_after is not None and self.asgd_after < 0):
+            raise UserError("--nonmono and --asgd-after must not be negative")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,34 +1,63 @@
-"""Optimizers by name (``--optimizer``). Each exposes ``on_epoch_end(val_loss)`` and ``eval_weights()``.
+"""Optimizers by name (``--optimizer``): SNT-ASGD (the default) and SGD with plateau annealing.
 
-``eval_weights()`` is a context manager that puts the weights to evaluate and save into the model
-(averaging optimizers swap their averages in); for plain SGD it changes nothing.
+Both expose ``on_epoch_end(val_loss) -> dict`` (metrics for the epoch record: ``lr``, ``phase``) and
+``eval_weights()``, a context manager that puts the weights to evaluate and save into the model (SNT-ASGD
+swaps its masked averages in; plain SGD changes nothing). Both use momentum 0.9 when the sparse method
+asks for it (``needs_momentum``), none otherwise.
+
+SNT-ASGD (Selfish-RNN, Liu et al. 2021, Sec. 3.3) is AWD-LSTM's non-monotonically triggered ASGD made
+mask-aware. Phase "sgd": plain SGD at ``--lr``; after each epoch the validation loss is appended to a
+history and the optimizer switches when ``t > nonmono and val_loss > min(history[:-nonmono])`` (Merity et
+al. 2018; ``--asgd-after E`` forces the switch after epoch E at the latest). Phase "asgd": the same SGD
+step at ``--lr`` again, plus a running average of the iterates, one counter per weight::
+
+    alive weight:  age += 1;  avg += (w - avg) / age      (age 1 -> avg = w: a regrown weight restarts)
+    dead weight:   age = 0,   avg = 0                     (the averaged model has exactly the mask's zeros)
+
+Biases and other unmasked tensors use one age for the whole tensor (plain ASGD). Relation to the paper's
+algorithm and its code (``Sparse_ASGD``, built on ``torch.optim.ASGD(t0=0, lambd=0)``): same trigger, same
+restart at the initial learning rate, same per-weight restart of the average on regrowth and masking of
+the average; we average from a weight's first alive step, whereas ``torch.optim.ASGD`` (and so the
+reference code) overwrites the average with the iterate for the first two steps, i.e. drops one iterate,
+and we keep momentum in the averaged phase when the method needs it (ASGD has none).
+
+Mask changes are noticed without help from the trainer: before every step (and before evaluating) each
+mask's identity and in-place version counter are compared with the last ones seen, and ages and averages
+of a changed tensor are re-synced: dead weights get age 0 and average 0; weights that are alive and were
+dead, or are alive and exactly 0.0, restart (age 0). The second rule catches a weight pruned and regrown
+in the same update (SNFS may regrow what it just removed): every method grows new weights at 0.0
+(``topology.grow_``), and this check runs before the next step moves them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
 from selfish_deploy.errors import UserError
+
+MOMENTUM = 0.9  # for methods that read momentum (SNFS: Dettmers & Zettlemoyer 2019 use 0.9)
 
 
 class AnnealedSGD(torch.optim.SGD):
     """SGD whose learning rate is divided by ``anneal`` when validation stops improving
     (pytorch/examples ``word_language_model``)."""
 
-    def __init__(self, params, lr: float, anneal: float, weight_decay: float = 0.0):
-        super().__init__(params, lr=lr, weight_decay=weight_decay)
+    def __init__(self, params, lr: float, anneal: float, weight_decay: float = 0.0, momentum: float = 0.0):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.anneal = anneal
         self.best_val: float | None = None
 
     def on_epoch_end(self, val_loss: float) -> dict:
+        lr = self.param_groups[0]["lr"]  # the rate this epoch trained with
         if self.best_val is None or val_loss < self.best_val:
             self.best_val = val_loss
         elif self.anneal > 1.0:
             for g in self.param_groups:
                 g["lr"] /= self.anneal
-        return {"lr": self.param_groups[0]["lr"], "phase": "sgd"}
+        return {"lr": lr, "phase": "sgd"}
 
     def eval_weights(self):
         return contextlib.nullcontext()
@@ -44,11 +73,175 @@ class AnnealedSGD(torch.optim.SGD):
         super().load_state_dict(state)
 
 
-OPTIMIZERS = ("sgd",)
+class SNTASGD(torch.optim.SGD):
+    """Sparse non-monotonically triggered ASGD (see the module docstring)."""
+
+    def __init__(self, named_params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor] | None,
+                 lr: float, weight_decay: float = 0.0, momentum: float = 0.0, nonmono: int = 5,
+                 asgd_after: int | None = None):
+        self.names = list(named_params)
+        super().__init__(list(named_params.values()), lr=lr, weight_decay=weight_decay, momentum=momentum)
+        self.named = dict(named_params)
+        # Live view of the registry's dict: methods may replace or edit mask tensors at any step.
+        self.masks = masks if masks is not None else {}
+        self.base_lr = lr
+        self.nonmono = nonmono
+        self.asgd_after = asgd_after
+        self.phase = "sgd"
+        self.history: list[float] = []  # validation losses of the SGD phase, one per epoch
+        self.asgd_steps = 0  # steps taken in the averaged phase
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._scratch: dict[str, torch.Tensor] = {}
+        if asgd_after == 0:
+            self.start_averaging()
+
+    # -- phase ---------------------------------------------------------------------------------
+    def on_epoch_end(self, val_loss: float) -> dict:
+        info = {"lr": self.param_groups[0]["lr"], "phase": self.phase}
+        if self.phase == "sgd":
+            older = self.history[: len(self.history) - self.nonmono]
+            triggered = len(self.history) > self.nonmono and val_loss > min(older)
+            forced = self.asgd_after is not None and len(self.history) + 1 >= self.asgd_after
+            self.history.append(val_loss)
+            if triggered or forced:
+                self.start_averaging()
+                info["switch"] = "trigger" if triggered else "asgd_after"
+        return info
+
+    @torch.no_grad()
+    def start_averaging(self) -> None:
+        """Enter the averaged phase: learning rate back to ``--lr``, every average empty."""
+        self.phase = "asgd"
+        for g in self.param_groups:
+            g["lr"] = self.base_lr
+        for name, p in self.named.items():
+            st = self.state[p]
+            st["avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            if name in self.masks:
+                # age inf marks "dead": 1/age = 0 keeps its average at 0 (see _average)
+                st["age"] = torch.where(self.masks[name], 0.0, math.inf).to(p.dtype)
+                self._seen[name] = self._version(name)
+            else:
+                st["age"] = 0
+
+    # -- step ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.phase == "asgd":
+            for name in self.masks:
+                self._sync(name)  # before the update moves regrown weights off 0.0
+        loss = super().step(closure)
+        if self.phase == "asgd":
+            self._average()
+        return loss
+
+    def _version(self, name: str) -> tuple[int, int]:
+        m = self.masks[name]
+        return id(m), m._version
+
+    @torch.no_grad()
+    def _sync(self, name: str) -> None:
+        """Bring ages and averages of ``name`` in line with its current mask if it changed."""
+        if self._seen.get(name) == self._version(name):
+            return
+        mask, p, st = self.masks[name], self.named[name], self.state[self.named[name]]
+        regrown = mask & (torch.isinf(st["age"]) | (p == 0))  # new weights start at 0.0
+        st["age"].masked_fill_(regrown, 0.0)
+        st["avg"].masked_fill_(regrown, 0.0)
+        dead = ~mask
+        st["age"].masked_fill_(dead, math.inf)  # age "0" while dead, stored as inf: 1/age = 0
+        st["avg"].masked_fill_(dead, 0.0)
+        self._seen[name] = self._version(name)
+
+    @torch.no_grad()
+    def _average(self) -> None:
+        self.asgd_steps += 1
+        for name, p in self.named.items():
+            st = self.state[p]
+            if name in self.masks:
+                st["age"].add_(1.0)
+                weight = self._scratch.get(name)
+                if weight is None:
+                    weight = self._scratch[name] = torch.empty_like(p)
+                torch.reciprocal(st["age"], out=weight)  # 0 where dead
+                # avg += (w - avg) / age on alive weights; the (dead) rest stays 0. p may still hold
+                # momentum-driven values on dead weights here (the trainer re-applies masks after the
+                # step): their weight is 0, so they never reach the average.
+                st["avg"].lerp_(p, weight)
+            else:
+                st["age"] += 1
+                st["avg"].lerp_(p, 1.0 / st["age"])
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def averaged(self) -> dict[str, torch.Tensor]:
+        """The weights to evaluate: masked averages (the raw weight where nothing was averaged yet)."""
+        out = {}
+        for name, p in self.named.items():
+            if self.phase != "asgd":
+                out[name] = p.detach().clone()
+                continue
+            st = self.state[p]
+            if name in self.masks:
+                self._sync(name)
+                out[name] = torch.where(st["age"] == 0, p, st["avg"]) * self.masks[name]
+            else:
+                out[name] = (st["avg"] if st["age"] > 0 else p).detach().clone()
+        return out
+
+    def ages(self, name: str) -> torch.Tensor:
+        """Per-weight ages of ``name`` (0 on dead weights), for inspection and tests."""
+        age = self.state[self.named[name]]["age"]
+        return age.nan_to_num(posinf=0.0) if isinstance(age, torch.Tensor) else torch.tensor(float(age))
+
+    @contextlib.contextmanager
+    def eval_weights(self):
+        if self.phase != "asgd":
+            yield
+            return
+        averaged = self.averaged()
+        raw = {n: p.detach().clone() for n, p in self.named.items()}
+        with torch.no_grad():
+            for n, p in self.named.items():
+                p.copy_(averaged[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.named.items():
+                    p.copy_(raw[n])
+
+    # -- resume --------------------------------------------------------------------------------
+    def state_dict(self):
+        if self.phase == "asgd":
+            for name in self.masks:
+                self._sync(name)  # the saved ages match the saved masks
+        state = super().state_dict()
+        state["snt_asgd"] = {"phase": self.phase, "history": list(self.history), "asgd_steps": self.asgd_steps,
+                             "base_lr": self.base_lr}
+        return state
+
+    def load_state_dict(self, state):
+        state = dict(state)
+        extra = state.pop("snt_asgd", None)
+        if extra is None:
+            raise UserError("checkpoint optimizer state is not SNT-ASGD's (was the run trained with --optimizer sgd?)")
+        super().load_state_dict(state)
+        self.phase, self.history = extra["phase"], list(extra["history"])
+        self.asgd_steps, self.base_lr = extra["asgd_steps"], extra["base_lr"]
+        for name in self.masks:
+            self._seen[name] = self._version(name)  # masks are loaded first and match the saved ages
 
 
-def build_optimizer(name: str, model: torch.nn.Module, config, masks=None):
+OPTIMIZERS = ("snt-asgd", "sgd")
+
+
+def build_optimizer(name: str, model: torch.nn.Module, config, masks=None, momentum: float = 0.0):
+    """The optimizer ``name`` over ``model``'s parameters; ``masks`` (name -> bool tensor, live) for SNT-ASGD."""
     if name == "sgd":
         return AnnealedSGD(model.parameters(), lr=config.lr, anneal=config.anneal,
-                           weight_decay=config.weight_decay)
+                           weight_decay=config.weight_decay, momentum=momentum)
+    if name == "snt-asgd":
+        return SNTASGD(dict(model.named_parameters()), masks, lr=config.lr, weight_decay=config.weight_decay,
+                       momentum=momentum, nonmono=config.nonmono, asgd_after=config.asgd_after)
     raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")

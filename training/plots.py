@@ -1,14 +1,46 @@
-"""PNG plots of a run's ``metrics.jsonl``, written to ``RUN_DIR/plots/``."""
+"""PNG plots of a run's ``metrics.jsonl``, written to ``RUN_DIR/plots/``.
+
+    perplexity.png   validation (and train) perplexity per epoch; the switch to SNT-ASGD averaging marked
+    gate_density.png density of every gate of W_ih (solid) and W_hh (dashed) over steps, one panel per layer
+    death_rate.png   death rate at each topology update, and the learning rate, over steps
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from selfish_deploy.model import GATE_NAMES  # noqa: E402
+
+GATES_BY_COUNT = {len(g): g for g in GATE_NAMES.values()}  # 4: i f g o (LSTM), 3: r z n (GRU), 1: h
+RECURRENT = re.compile(r"rnns\.(\d+)\.weight_(ih|hh)_l0$")
+
+
+def plot_run(records: list[dict], out_dir: Path) -> list[Path]:
+    """Every plot that ``records`` has data for; returns the files written."""
+    written = [plot_validation(records, out_dir), plot_gate_density(records, out_dir),
+               plot_death_rate(records, out_dir)]
+    return [p for p in written if p is not None]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _switch(records: list[dict], key: str) -> float | None:
+    """Epoch or step at which averaging began, if it did."""
+    return next((r[key] for r in records if r.get("event") == "phase" and r.get("phase") == "asgd"), None)
 
 
 def plot_validation(records: list[dict], out_dir: Path) -> Path | None:
@@ -16,18 +48,80 @@ def plot_validation(records: list[dict], out_dir: Path) -> Path | None:
     epochs = [r for r in records if r.get("event") == "epoch"]
     if not epochs:
         return None
-    out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["epoch"] for r in epochs], [r["val_ppl"] for r in epochs], marker="o", label="validation")
     ax.plot([r["epoch"] for r in epochs], [math.exp(min(r["train_loss"], 50)) for r in epochs],
             marker=".", alpha=0.6, label="train")
+    switch = _switch(records, "epoch")
+    if switch is not None:
+        ax.axvline(switch, color="gray", linestyle=":", label="averaging starts (SNT-ASGD)")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = out_dir / "perplexity.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir / "perplexity.png")
+
+
+def plot_gate_density(records: list[dict], out_dir: Path) -> Path | None:
+    """Per-gate density of each layer's recurrent matrices over steps."""
+    series: dict[str, dict[int, list[float]]] = {}  # tensor -> step -> per-gate densities
+    for r in records:
+        if r.get("event") in ("start", "epoch", "topology") and isinstance(r.get("gates"), dict):
+            for name, gates in r["gates"].items():
+                if RECURRENT.match(name):
+                    series.setdefault(name, {})[r["step"]] = gates
+    if not series:
+        return None
+    layers = sorted({int(RECURRENT.match(n).group(1)) for n in series})
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, layer in zip(axes[0], layers):
+        for kind, style in (("ih", "-"), ("hh", "--")):
+            points = series.get(f"rnns.{layer}.weight_{kind}_l0", {})
+            if not points:
+                continue
+            steps = sorted(points)
+            n_gates = len(points[steps[0]])
+            names = GATES_BY_COUNT.get(n_gates, [str(g) for g in range(n_gates)])
+            for g in range(n_gates):
+                ax.plot(steps, [points[s][g] for s in steps], style, color=colors[g % len(colors)],
+                        label=f"W_{kind} {names[g]}", marker="." if len(steps) < 30 else None)
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("density")
+    axes[0][-1].legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # keep lines clear
+    fig.suptitle("per-gate density: W_ih solid, W_hh dashed", fontsize=10)
+    return _save(fig, out_dir / "gate_density.png")
+
+
+def plot_death_rate(records: list[dict], out_dir: Path) -> Path | None:
+    """Death rate at each topology update, and the learning rate, over steps."""
+    updates = [r for r in records if r.get("event") == "topology" and "death_rate" in r]
+    epochs = [r for r in records if r.get("event") == "epoch" and "lr" in r]
+    # an epoch record holds the rate its steps (previous record's step, this step] trained with
+    lrs = [(prev["step"] if prev else 0, r["lr"]) for prev, r in zip([None, *epochs], epochs)]
+    lrs += [(epochs[-1]["step"], epochs[-1]["lr"])] if epochs else []
+    if not updates and not lrs:
+        return None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    if updates:
+        top.plot([r["step"] for r in updates], [r["death_rate"] for r in updates], marker=".")
+    else:
+        top.text(0.5, 0.5, "no topology updates", ha="center", va="center", transform=top.transAxes)
+    top.set_ylabel("death rate")
+    top.grid(True, alpha=0.3)
+    if lrs:
+        bottom.step([s for s, _ in lrs], [lr for _, lr in lrs], where="post")
+    switch = _switch(records, "step")
+    if switch is not None:
+        for ax in (top, bottom):
+            ax.axvline(switch, color="gray", linestyle=":")
+        bottom.annotate("averaging starts", (switch, 0.95), xycoords=("data", "axes fraction"), fontsize=8,
+                        ha="left", va="top")
+    bottom.set_ylabel("learning rate")
+    bottom.set_xlabel("step")
+    bottom.grid(True, alpha=0.3)
+    return _save(fig, out_dir / "death_rate.png")

@@ -1,10 +1,15 @@
-"""The training loop, top to bottom: data, model, masks, method, optimizer, epochs, checkpoints, test."""
+"""The training loop, top to bottom: data, model, masks, method, optimizer, epochs, checkpoints, test.
+
+Under ``torchrun`` every rank runs this same loop on its own batch columns (see ``training.distributed``);
+only rank 0 writes the run directory.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +24,13 @@ from selfish_deploy.masks import MaskRegistry
 from selfish_deploy.model import RNNLM, ModelConfig, repackage
 from selfish_deploy.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, read_json, save_weights, write_json
 
+from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .distributed import World
 from .methods import get_method
-from .optim import build_optimizer
-from .plots import plot_validation
+from .optim import MOMENTUM, build_optimizer
+from .plots import plot_run
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +43,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: RNNLM, data: torch.Tensor, bptt: int, max_batches: int | None = None) -> float:
-    """Mean next-token cross-entropy (nats) over ``data`` (T, B)."""
+def evaluate(model: RNNLM, data: torch.Tensor, bptt: int, max_batches: int | None = None,
+             world: World | None = None) -> float:
+    """Mean next-token cross-entropy (nats) over ``data`` (T, B); with ``world``, over all ranks' columns."""
     model.eval()
     state = model.init_hidden(data.size(1))
     total, count = 0.0, 0
@@ -48,22 +56,27 @@ def evaluate(model: RNNLM, data: torch.Tensor, bptt: int, max_batches: int | Non
         logits, state = model(x, state)
         total += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
         count += y.numel()
+    if world is not None:
+        total, count = distributed.all_sum([total, count], world, data.device)
     return total / count
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl``; truncated to the checkpoint's length on resume."""
+    """Append-only ``metrics.jsonl``; truncated to the checkpoint's length on resume. With ``write=False``
+    (ranks other than 0) records are kept in memory only."""
 
-    def __init__(self, path: Path, keep_lines: int | None = None):
-        self.path = path
+    def __init__(self, path: Path, keep_lines: int | None = None, write: bool = True):
+        self.path, self.enabled = path, write
         lines = path.read_text().splitlines() if (path.exists() and keep_lines) else []
         self.records = [json.loads(line) for line in lines[: keep_lines or 0]]
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        if write:
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict) -> None:
         self.records.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 @dataclass
@@ -75,27 +88,45 @@ class LoopState:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train per ``cfg`` into ``cfg.out``; with ``resume`` continue exactly from its checkpoint."""
+    world, device = distributed.setup(resolve_device(cfg.device))
+    try:
+        return run(cfg, resume, world, device)
+    finally:
+        distributed.teardown(world)
+
+
+def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> dict:
     out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+    main = world.is_main
     torch.manual_seed(cfg.seed)
     corpus = load_corpus(cfg.corpus, cfg.data_dir)
-    train_data = batchify(corpus.train, cfg.batch_size).to(device)  # (T, B)
-    val_data = batchify(corpus.valid, cfg.eval_batch_size).to(device)
-    test_data = batchify(corpus.test, cfg.eval_batch_size).to(device)
+    # This rank's batch columns; evaluation columns are split too when they divide evenly.
+    train_data = batchify(corpus.train, cfg.batch_size)[:, distributed.columns(cfg.batch_size, world)]
+    train_data = train_data.contiguous().to(device)  # (T, B / world)
+    shard_eval = cfg.eval_batch_size % world.size == 0
+    eval_cols = distributed.columns(cfg.eval_batch_size, world) if shard_eval else slice(None)
+    eval_world = world if (world.enabled and shard_eval) else None
+    val_data = batchify(corpus.valid, cfg.eval_batch_size)[:, eval_cols].contiguous().to(device)
+    test_data = batchify(corpus.test, cfg.eval_batch_size)[:, eval_cols].contiguous().to(device)
 
     model_cfg = ModelConfig(arch=cfg.arch, vocab_size=len(corpus.vocab), emb=cfg.emb, hidden=cfg.hidden,
                             layers=cfg.layers, dropout=cfg.dropout, tie_weights=cfg.tie_weights)
     model = RNNLM(model_cfg).to(device)
+    distributed.broadcast_parameters(list(model.parameters()), world)  # same start everywhere
     method_cls = get_method(cfg.method)
     topology_rng = torch.Generator().manual_seed(cfg.seed)  # masks are drawn on the CPU: same on any device
-    masks = MaskRegistry(model, 1.0 if method_cls.dense else cfg.density, cfg.distribution, topology_rng,
-                         arch=cfg.arch)
-    steps_per_epoch = math.ceil((train_data.size(0) - 1) / cfg.bptt)
+    start_density = 1.0 if (method_cls.dense or getattr(method_cls, "initial_density_one", False)) else cfg.density
+    masks = MaskRegistry(model, start_density, cfg.distribution, topology_rng, arch=cfg.arch)
+    steps_per_epoch = min(math.ceil((train_data.size(0) - 1) / cfg.bptt), cfg.max_batches or math.inf)
     method = method_cls(masks, steps_per_epoch * cfg.epochs, cfg, topology_rng)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg, masks)
+    momentum = MOMENTUM if getattr(method_cls, "needs_momentum", False) else 0.0
+    optimizer = build_optimizer(cfg.optimizer, model, cfg, None if method_cls.dense else masks.masks, momentum)
     loop = LoopState()
+    if world.enabled:
+        torch.manual_seed(cfg.seed + world.rank)  # dropout differs per rank; weights and masks do not
 
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if resume:
         ckpt = load_checkpoint(out)
         with torch.no_grad():
@@ -105,16 +136,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         method.load_state_dict(ckpt["method"])
         topology_rng.set_state(ckpt["rng"]["topology"])
-        set_rng_state(ckpt["rng"], device)
+        ranks = ckpt["rng"].get("ranks") or [ckpt["rng"]]
+        if len(ranks) != world.size:
+            log.warning("checkpoint was written by %d process(es), resuming with %d: dropout draws will differ",
+                        len(ranks), world.size)
+        set_rng_state(ranks[world.rank] if world.rank < len(ranks) else ranks[0], device)
         loop = LoopState(**ckpt["loop"])
-        metrics = MetricsLog(out / "metrics.jsonl", keep_lines=ckpt["metrics_lines"])
+        metrics = MetricsLog(out / "metrics.jsonl", keep_lines=ckpt["metrics_lines"], write=main)
         log.info("resumed %s after epoch %d (step %d)", out, loop.epoch, loop.step)
     else:
-        metrics = MetricsLog(out / "metrics.jsonl")
-        corpus.vocab.save(out / "vocab.txt")
+        metrics = MetricsLog(out / "metrics.jsonl", write=main)
+        if main:
+            corpus.vocab.save(out / "vocab.txt")
+        metrics.write({"event": "start", "epoch": 0, "step": 0, "world_size": world.size,
+                       "density": {n: masks.density(n) for n in masks}, "gates": gate_report(masks)})
     log.info("config: %s", json.dumps(cfg.to_dict()))
-    log.info("model: %s, %d weights in matrices at density %.4f", model_cfg, sum(masks.target_nnz.values()),
-             masks.total_density())
+    log.info("model: %s, %d weights in matrices at density %.4f; %d process(es)", model_cfg,
+             sum(masks.target_nnz.values()), masks.total_density(), world.size)
     run_config = {
         "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
         "model": model_cfg.to_dict(), "train": cfg.to_dict(),
@@ -125,77 +163,121 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     }
     if resume and (out / "config.json").exists():
         run_config["results"] = read_json(out / "config.json").get("results", {})
-    write_json(out / "config.json", run_config)
+    if main:
+        write_json(out / "config.json", run_config)
 
-    max_batches = 1 if cfg.dry_run else None
+    params = list(model.parameters())
+    max_batches = 1 if cfg.dry_run else None  # per evaluation
     while loop.epoch < cfg.epochs:
         epoch = loop.epoch + 1
         model.train()
-        state = model.init_hidden(cfg.batch_size)
-        t0, total_loss, n_batches = time.time(), 0.0, 0
-        starts = list(range(0, train_data.size(0) - 1, cfg.bptt))[: max_batches]
-        bar = tqdm(starts, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=None)
+        state = model.init_hidden(train_data.size(1))
+        t0, total_loss, n_batches, step_times = time.time(), 0.0, 0, []
+        starts = list(range(0, train_data.size(0) - 1, cfg.bptt))[: 1 if cfg.dry_run else cfg.max_batches]
+        bar = tqdm(starts, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=None if main else True)
         for i in bar:
+            t_step = time.perf_counter()
             x, y = get_batch(train_data, i, cfg.bptt)
             state = repackage(state)
             model.zero_grad(set_to_none=True)
             logits, state = model(x, state)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
             loss.backward()
+            distributed.average_gradients(params, world)  # before the method reads gradients
             method.before_step(loop.step)
             masks.mask_grads_()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             optimizer.step()
             masks.apply_()
             loop.step += 1
             update = method.after_step(loop.step)
             if update is not None:
-                metrics.write({"event": "topology", "epoch": epoch, "step": loop.step, **update})
+                if world.enabled:  # rank 0 decides (ranks agree anyway; this rules out broken ties)
+                    distributed.broadcast_masks(masks.masks, world)
+                    masks.apply_()
+                metrics.write({"event": "topology", "epoch": epoch, "step": loop.step,
+                               "lr": optimizer.param_groups[0]["lr"], "phase": getattr(optimizer, "phase", "sgd"),
+                               **update})
             total_loss += loss.item()
             n_batches += 1
+            step_times.append(time.perf_counter() - t_step)
             if n_batches % cfg.log_interval == 0:
                 ppl = math.exp(total_loss / n_batches)
                 bar.set_postfix(ppl=f"{ppl:.1f}")
-                if bar.disable:  # no terminal: progress goes to the log instead
+                if bar.disable and main:  # no terminal: progress goes to the log instead
                     log.info("epoch %d | %d/%d batches | %.0f ms/batch | train ppl %.1f", epoch, n_batches,
                              len(starts), 1000 * (time.time() - t0) / n_batches, ppl)
         train_time = time.time() - t0
-        with optimizer.eval_weights():
-            val_loss = evaluate(model, val_data, cfg.bptt, max_batches)
+        total_loss, n_seen = distributed.all_sum([total_loss, n_batches], world, device)
+        train_loss = total_loss / n_seen
+        with optimizer.eval_weights():  # SNT-ASGD: the masked averages
+            val_loss = evaluate(model, val_data, cfg.bptt, max_batches, eval_world)
             improved = val_loss < loop.best_val
             if improved:
                 loop.best_val = val_loss
-                save_weights(out / "model.safetensors", model, masks.masks)
+                if main:
+                    save_weights(out / "model.safetensors", model, masks.masks)
         opt_info = optimizer.on_epoch_end(val_loss)
+        switch = opt_info.pop("switch", None)
         loop.epoch = epoch
-        record = {"event": "epoch", "epoch": epoch, "step": loop.step, "train_loss": total_loss / n_batches,
-                  "val_loss": val_loss, "val_ppl": math.exp(val_loss), "best_val_ppl": math.exp(loop.best_val),
-                  "epoch_time_s": train_time, **opt_info,
-                  "density": {n: masks.density(n) for n in masks}}
-        metrics.write(record)
-        log.info("epoch %d | %.0fs | train ppl %.2f | val ppl %.2f%s | lr %g", epoch, train_time,
-                 math.exp(total_loss / n_batches), math.exp(val_loss), " *" if improved else "", opt_info["lr"])
-        save_checkpoint(out, {
-            "weights": dict(model.named_parameters()), "masks": masks.state_dict(),
-            "optimizer": optimizer.state_dict(), "method": method.state_dict(),
-            "rng": {**rng_state(device), "topology": topology_rng.get_state()},
-            "loop": vars(loop).copy(), "metrics_lines": len(metrics.records),
-        })
-        plot_validation(metrics.records, out / "plots")
+        metrics.write({"event": "epoch", "epoch": epoch, "step": loop.step, "train_loss": train_loss,
+                       "val_loss": val_loss, "val_ppl": math.exp(val_loss), "best_val_ppl": math.exp(loop.best_val),
+                       "epoch_time_s": train_time, "step_time_s": statistics.median(step_times), **opt_info,
+                       "density": {n: masks.density(n) for n in masks}, "gates": gate_report(masks)})
+        log.info("epoch %d | %.0fs | train ppl %.2f | val ppl %.2f%s | lr %g | %s", epoch, train_time,
+                 math.exp(train_loss), math.exp(val_loss), " *" if improved else "", opt_info["lr"],
+                 opt_info["phase"])
+        if switch:
+            metrics.write({"event": "phase", "epoch": epoch, "step": loop.step, "phase": optimizer.phase,
+                           "reason": switch, "lr": optimizer.param_groups[0]["lr"]})
+            log.info("switching to masked averaging (SNT-ASGD, %s) after epoch %d at lr %g", switch, epoch,
+                     optimizer.param_groups[0]["lr"])
+        if world.enabled:
+            digests = distributed.check_in_sync({
+                **dict(model.named_parameters()), **{"mask." + n: m for n, m in masks.masks.items()},
+                **{"eval." + n: t for n, t in optimizer_weights(optimizer, model).items()}},
+                world, f"after epoch {epoch}")
+            metrics.write({"event": "sync", "epoch": epoch, "step": loop.step, "world_size": world.size,
+                           "digests": digests})
+        rank_rng = distributed.gather_objects(rng_state(device), world)  # collective: every rank calls it
+        if main:
+            save_checkpoint(out, {
+                "weights": dict(model.named_parameters()), "masks": masks.state_dict(),
+                "optimizer": optimizer.state_dict(), "method": method.state_dict(),
+                "rng": {"topology": topology_rng.get_state(),
+                        **({"ranks": rank_rng} if world.enabled else rank_rng[0])},
+                "loop": vars(loop).copy(), "metrics_lines": len(metrics.records),
+            })
+            plot_run(metrics.records, out / "plots")
         if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch < cfg.epochs:
             log.info("stopping after epoch %d as asked; continue with --resume %s", epoch, out)
             return run_config
 
-    # Test the best-validation weights.
+    # Test the best-validation weights (the file rank 0 wrote).
     from selfish_deploy.rundir import load_run
 
+    distributed.barrier(world)
     best = load_run(out).build_model().to(device)
-    test_loss = evaluate(best, test_data, cfg.bptt, max_batches)
-    val_loss = evaluate(best, val_data, cfg.bptt, max_batches)
+    test_loss = evaluate(best, test_data, cfg.bptt, max_batches, eval_world)
+    val_loss = evaluate(best, val_data, cfg.bptt, max_batches, eval_world)
     results = {"val_ppl": math.exp(val_loss), "test_ppl": math.exp(test_loss), "epochs": loop.epoch,
                "steps": loop.step}
     metrics.write({"event": "test", **results})
     run_config["results"] = results
-    write_json(out / "config.json", run_config)
+    if main:
+        write_json(out / "config.json", run_config)
+        plot_run(metrics.records, out / "plots")
     log.info("done: best validation ppl %.2f, test ppl %.2f -> %s", results["val_ppl"], results["test_ppl"], out)
     return run_config
+
+
+def gate_report(masks: MaskRegistry) -> dict[str, list[float]]:
+    """Per-gate densities of the recurrent matrices (for the gate-density plot)."""
+    return {n: masks.gate_densities(n) for n in masks if n.startswith("rnns.")}
+
+
+def optimizer_weights(optimizer, model: RNNLM) -> dict[str, torch.Tensor]:
+    """The weights ``eval_weights`` would swap in (SNT-ASGD's averages), copied out."""
+    with optimizer.eval_weights():
+        return {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -1,0 +1,181 @@
+"""Benchmark: every sparse-training method with plain SGD and with SNT-ASGD on one recipe.
+
+Trains each (method, optimizer) pair for the same number of epochs from the same recipe (default
+``ptb-cpu``: 2x200 tied LSTM, density 0.33), then prints and appends to ``benchmarks/RESULTS.md`` a table
+of best validation and test perplexity and training time per epoch, with the time relative to the dense
+model under the same optimizer (the cost of mask updates and masked averaging; target: at most +5%).
+
+Time is training only (evaluation excluded), as the mean epoch time and as the median step time (robust
+to other jobs on a shared machine; it leaves out rare topology updates, which the mean includes).
+
+The full run is hours on a CPU; reduce it with ``--epochs``, ``--max-batches`` (training batches per
+epoch; the methods' schedules shrink to match), ``--eval-lines`` (first lines of the validation and test
+files; for PTB the vocabulary and word ids stay those of the full corpus, as training text defines them)
+and ``--methods``. A reduced run ends in the trigger-free SGD phase, so pass ``--asgd-after 0`` to measure
+averaging from the first step. Example (what RESULTS.md records as a reduced run)::
+
+    nice -n 10 python benchmarks/train_methods.py --epochs 1 --max-batches 150 --eval-lines 400 \\
+        --methods dense,static,selfish --asgd-after 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_METHODS = ("dense", "static", "set", "rigl", "gmp", "selfish")
+
+log = logging.getLogger("benchmarks.train_methods")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--recipe", default="ptb-cpu", help="bundled recipe name or TOML path")
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="corpus directory")
+    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
+    p.add_argument("--optimizers", default="sgd,snt-asgd", help="comma-separated optimizers")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the recipe's)")
+    p.add_argument("--max-batches", type=int, default=None, help="training batches per epoch (default: all)")
+    p.add_argument("--eval-lines", type=int, default=None, help="first lines of valid/test (default: all)")
+    p.add_argument("--asgd-after", type=int, default=None, help="snt-asgd: average after this epoch at the latest")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    p.add_argument("--out", default=str(REPO / "runs" / "bench-methods"), help="where the runs go")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown to append to")
+    p.add_argument("--note", default="", help="free text for the results section (e.g. 'reduced run')")
+    p.add_argument("--dry-run", action="store_true", help="one batch per epoch and evaluation, nothing appended")
+    return p.parse_args(argv)
+
+
+def eval_subset(data_dir: str, corpus: str, lines: int, tmp: Path) -> str:
+    """A copy of the corpus with the full training text and the first ``lines`` of valid and test."""
+    from selfish_deploy.data import find_split_files
+
+    files = find_split_files(Path(data_dir), corpus)
+    if files is None:
+        sys.exit(f"no {corpus} corpus in {data_dir}")
+    d = tmp / corpus
+    d.mkdir(parents=True)
+    (d / "train.txt").symlink_to(files["train"].resolve())
+    for split in ("valid", "test"):
+        text = files[split].read_text(encoding="utf-8").split("\n")[:lines]
+        (d / f"{split}.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
+    return str(tmp)
+
+
+def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dict:
+    from selfish_deploy.training.config import TrainConfig
+    from selfish_deploy.training.trainer import train
+
+    out = Path(args.out) / f"{method}-{optimizer}"
+    cfg = TrainConfig.from_dict({**base, "method": method, "optimizer": optimizer, "data_dir": data_dir,
+                                 "out": str(out), "dry_run": args.dry_run, "log_interval": 10**9,
+                                 **({"epochs": args.epochs} if args.epochs else {}),
+                                 **({"max_batches": args.max_batches} if args.max_batches else {}),
+                                 **({"asgd_after": args.asgd_after} if args.asgd_after is not None else {})})
+    t0 = time.time()
+    results = train(cfg)["results"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    return {"method": method, "optimizer": optimizer, "epochs": len(epochs), "steps": epochs[-1]["step"],
+            "val_ppl": results["val_ppl"], "test_ppl": results["test_ppl"],
+            "epoch_s": statistics.mean(r["epoch_time_s"] for r in epochs),
+            "step_ms": 1000 * statistics.median(r["step_time_s"] for r in epochs),
+            "phases": sorted({r["phase"] for r in epochs}),
+            "updates": sum(r["event"] == "topology" for r in records), "wall_s": time.time() - t0}
+
+
+def table(rows: list[dict]) -> str:
+    dense = {r["optimizer"]: r for r in rows if r["method"] == "dense"}
+    lines = ["| method | optimizer | phases | topology updates | val ppl | test ppl | epoch (s) | vs dense "
+             "| median step (ms) | vs dense |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        d = dense.get(r["optimizer"])
+        rel = lambda k: f"{100 * (r[k] / d[k] - 1):+.1f}%" if d and r is not d else "-"  # noqa: E731
+        lines.append(f"| {r['method']} | {r['optimizer']} | {'+'.join(r['phases'])} | {r['updates']} "
+                     f"| {r['val_ppl']:.1f} | {r['test_ppl']:.1f} | {r['epoch_s']:.1f} | {rel('epoch_s')} "
+                     f"| {r['step_ms']:.1f} | {rel('step_ms')} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.python_version()}"
+
+
+def append_section(results: Path, section: str) -> None:
+    """Add ``section`` at the end of the "Training methods" part of ``results`` (created if missing)."""
+    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
+    heading = "\n## Training methods\n"
+    if heading not in text:
+        text = text.rstrip("\n") + "\n" + heading + ("\nFrom `benchmarks/train_methods.py`. Times are training "
+                                                  "only; \"vs dense\" compares with the dense model under the "
+                                                  "same optimizer.\n")
+    start = text.index(heading) + len(heading)
+    end = text.find("\n## ", start)
+    end = len(text) if end < 0 else end
+    text = text[:end].rstrip("\n") + "\n" + section + text[end:]
+    results.write_text(text, encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    torch.set_num_threads(args.threads)
+    from selfish_deploy.training.config import TrainConfig, load_recipe
+
+    base = {**TrainConfig().to_dict(), **load_recipe(args.recipe)}
+    methods = [m for m in args.methods.split(",") if m]
+    optimizers = [o for o in args.optimizers.split(",") if o]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = eval_subset(args.data_dir, base["corpus"], args.eval_lines, Path(tmp)) if args.eval_lines \
+            else args.data_dir
+        for optimizer in optimizers:
+            for method in methods:
+                log.info("=== %s / %s ===", method, optimizer)
+                rows.append(run_one(base, method, optimizer, args, data_dir))
+                log.info("%s", rows[-1])
+    text = table(rows)
+    print(text)
+    if args.dry_run:
+        return 0
+    base_cfg = TrainConfig.from_dict(base)
+    scope = (f"recipe `{args.recipe}` ({base_cfg.layers}x{base_cfg.hidden} {base_cfg.arch}, tied={base_cfg.tie_weights}, "
+             f"density {base_cfg.density}, lr {base_cfg.lr}), corpus {base_cfg.corpus}, "
+             f"{rows[0]['epochs']} epoch(s) of {args.max_batches or 'all'} batches, "
+             f"validation/test: {f'first {args.eval_lines} lines' if args.eval_lines else 'full'}, "
+             f"asgd_after={args.asgd_after if args.asgd_after is not None else base_cfg.asgd_after}, "
+             f"{args.threads} thread(s)")
+    section = (f"\n### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}\n\n{scope}."
+               f"{' ' + args.note if args.note else ''}\n\n"
+               f"Command: `python benchmarks/train_methods.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+               f"\n\n{text}\n")
+    append_section(Path(args.results), section)
+    log.info("appended to %s", results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
