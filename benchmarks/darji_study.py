@@ -10,11 +10,11 @@ graphs, then writes the section "Darji study" of ``benchmarks/RESULTS.md`` (othe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import platform
 import re
-import time
 from pathlib import Path
 
 from selfish_deploy.training.study.cli import main as study
@@ -44,7 +44,7 @@ def prune_table(out: Path) -> tuple[list[str], dict]:
     by = {(s["cell"], s["regime"]): s for s in summary}
     cells = list(dict.fromkeys(s["cell"] for s in summary))
     lines = ["| cell | base acc | holds, no retraining: both / recurrent (thesis) | input only | "
-             "holds after 1 epoch: both / input / recurrent |",
+             "back within tolerance after <= 1 retraining epoch: both / input / recurrent |",
              "|---|---|---|---|---|"]
     for cell in cells:
         both, rec, inp = by.get((cell, "both")), by.get((cell, "recurrent")), by.get((cell, "input"))
@@ -52,8 +52,8 @@ def prune_table(out: Path) -> tuple[list[str], dict]:
         fmt = lambda s, k: f"{s[k]}%" if s and s[k] != "" else "-"  # noqa: E731
         lines.append(f"| {cell} | {float(both['base_acc']):.4f} | {fmt(both, 'holds_no_retrain')} / "
                      f"{fmt(rec, 'holds_no_retrain')} ({t[0]}% / {t[1]}%) | {fmt(inp, 'holds_no_retrain')} | "
-                     f"{fmt(both, 'holds_one_epoch')} / {fmt(inp, 'holds_one_epoch')} / "
-                     f"{fmt(rec, 'holds_one_epoch')} |")
+                     f"{fmt(both, 'recovers_one_epoch')} / {fmt(inp, 'recovers_one_epoch')} / "
+                     f"{fmt(rec, 'recovers_one_epoch')} |")
     rows = read_csv(out / "prune.csv")
     acc = {}
     for r in rows:
@@ -68,25 +68,66 @@ def prune_table(out: Path) -> tuple[list[str], dict]:
 
 
 def graph_table(out: Path) -> list[str]:
+    from selfish_deploy.training.study.analysis import kfold_r2
+    from selfish_deploy.training.study.properties import PROPERTIES
+
     reg = read_csv(out / "graphs_regression.csv")
     corr = read_csv(out / "graphs_correlations.csv")
-    lines = ["| cell | graphs | n | accuracy mean ± std | r(accuracy, sources) | strongest properties (Pearson r) "
-             "| 5-fold ridge R² |", "|---|---|---|---|---|---|---|"]
+    rows = read_csv(out / "graphs.csv")
+    lines = ["| cell | graphs | n | accuracy mean ± std | r(accuracy, sources) (p) | strongest properties (Pearson r) "
+             "| 5-fold ridge R², alpha by LOO (median alpha) | same, alpha = 1 |", "|---|---|---|---|---|---|---|---|"]
     for r in reg:
         sub = [c for c in corr if c["cell"] == r["cell"] and c["generator"] == r["generator"]]
-        src = next((c["pearson_r"] for c in sub if c["property"] == "sources"), "")
+        src, src_p = next(((c["pearson_r"], c["pearson_p"]) for c in sub if c["property"] == "sources"), ("", ""))
         best = ", ".join(f"{c['property']} {float(c['pearson_r']):+.2f}" for c in sub[:3] if c["pearson_r"])
-        r2 = f"{float(r['r2']):.2f}" if r["r2"] else "-"
-        src = f"{float(src):+.2f}" if src else "-"
+        r2 = f"{float(r['r2']):.2f} ({float(r['alpha_used']):.3g})" if r["r2"] else "-"
+        group = [g for g in rows if g["cell"] == r["cell"] and r["generator"] in ("all", g["generator"])]
+        fixed = kfold_r2([[float(g[p]) for p in PROPERTIES] for g in group], [float(g["test_acc"]) for g in group],
+                         k=5, alpha=1.0)["r2"]
+        fixed = "-" if fixed != fixed else f"{fixed:.2f}"
+        src = f"{float(src):+.2f} (p {float(src_p):.2g})" if src else "-"
         lines.append(f"| {r['cell']} | {r['generator']} | {r['n']} | {float(r['acc_mean']):.3f} ± "
-                     f"{float(r['acc_std']):.3f} | {src} | {best} | {r2} |")
+                     f"{float(r['acc_std']):.3f} | {src} | {best} | {r2} | {fixed} |")
     return lines
+
+
+def resummarise(out: Path) -> None:
+    """Recompute the summaries and plots of finished runs from their CSVs (``--reuse``)."""
+    from selfish_deploy.training.study import graph_study, plots, prune_study
+    from selfish_deploy.training.study.analysis import AUTO
+    from selfish_deploy.training.study.config import GraphConfig, PruneConfig
+    from selfish_deploy.training.study.results import write_csv
+
+    def typed(rows):
+        num = lambda v: float("nan") if v == "" else (int(v) if re.fullmatch(r"-?\d+", v) else float(v))  # noqa
+        return [{k: v if k in ("cell", "regime", "generator") else num(v) for k, v in r.items()} for r in rows]
+
+    def config(cls, path):
+        raw = json.loads(path.read_text())["config"]
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+    cfg = config(PruneConfig, out / "prune" / "config.json")
+    rows = typed(read_csv(out / "prune" / "prune.csv"))
+    summary = prune_study.summarise(rows, cfg)
+    write_csv(out / "prune" / "prune_summary.csv", summary)
+    (out / "prune" / "summary.txt").write_text(prune_study.format_summary(summary, cfg) + "\n")
+    plots.prune_accuracy(rows, out / "prune" / "plots")
+    plots.prune_recovery(rows, out / "prune" / "plots")
+    gcfg = dataclasses.replace(config(GraphConfig, out / "graphs" / "config.json"), alpha=AUTO)  # today's default
+    grows = typed(read_csv(out / "graphs" / "graphs.csv"))
+    corr, reg = graph_study.analyse(grows, gcfg)
+    write_csv(out / "graphs" / "graphs_correlations.csv", corr)
+    write_csv(out / "graphs" / "graphs_regression.csv", reg)
+    (out / "graphs" / "summary.txt").write_text(graph_study.format_summary(corr, reg) + "\n")
+    plots.graph_correlations(corr, out / "graphs" / "plots")
+    plots.graph_scatter(grows, corr, out / "graphs" / "plots")
 
 
 def write_section(text: str, path: Path) -> None:
     """Replace our section of RESULTS.md (up to the next '## ' heading) or append it; nothing else changes."""
     old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = text.rstrip("\n") + "\n\n"
     new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
     path.write_text(new, encoding="utf-8")
 
@@ -98,15 +139,19 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=str(ROOT / "RESULTS.md"), help="markdown file to update")
+    p.add_argument("--reuse", action="store_true",
+                   help="do not train: re-summarise the finished runs under --out and rewrite the section")
     args = p.parse_args()
     prune_flags, graph_flags = SCALES[args.scale]
     common = ["--threads", str(args.threads), "--seed", str(args.seed)]
     out = Path(args.out)
-    t0 = time.time()
-    assert study(["prune", *prune_flags, *common, "--out", str(out / "prune")]) == 0
-    t_prune = time.time() - t0
-    assert study(["graphs", *graph_flags, *common, "--out", str(out / "graphs")]) == 0
-    t_graphs = time.time() - t0 - t_prune
+    if args.reuse:
+        resummarise(out)
+    else:
+        assert study(["prune", *prune_flags, *common, "--out", str(out / "prune")]) == 0
+        assert study(["graphs", *graph_flags, *common, "--out", str(out / "graphs")]) == 0
+    t_prune = json.loads((out / "prune" / "config.json").read_text())["seconds"]
+    t_graphs = json.loads((out / "graphs" / "config.json").read_text())["seconds"]
 
     prune_lines, extra = prune_table(out / "prune")
     gcfg = json.loads((out / "graphs" / "config.json").read_text())["config"]

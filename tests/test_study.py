@@ -14,7 +14,7 @@ from selfish_deploy.training.study import analysis, graphs, reber
 from selfish_deploy.training.study.classifier import EMBEDDING, Classifier, install_masks, stacked
 from selfish_deploy.training.study.cli import main
 from selfish_deploy.training.study.prune import REGIMES, magnitude_masks, prune_, regime_tensors
-from selfish_deploy.training.study.prune_study import holds_up_to
+from selfish_deploy.training.study.prune_study import holds_up_to, summarise
 from selfish_deploy.training.study.results import read_csv
 
 
@@ -204,6 +204,19 @@ def test_holds_up_to():
     assert holds_up_to(levels, 0.99, 0.02) == 0
 
 
+def test_prune_summary_known_answer():
+    from selfish_deploy.training.study.config import PruneConfig
+
+    cfg = PruneConfig(cells=("gru",), regimes=("both",), levels=(10, 20, 30, 40), retrain_epochs=2, tolerance=0.02)
+    acc = {10: (0.95, 0.90, 0.96), 20: (0.80, 0.95, 0.95), 30: (0.70, 0.80, 0.94), 40: (0.99, 0.5, 0.5)}
+    rows = [{"cell": "gru", "regime": "both", "pruned_pct": p, "base_acc": 0.96, "epoch": e, "test_acc": a}
+            for p, accs in acc.items() for e, a in enumerate(accs)]
+    (s,) = summarise(rows, cfg)
+    assert s["holds_no_retrain"] == 10  # 20% drops to 0.80 right after pruning
+    assert s["recovers_one_epoch"] == 20  # 30% needs two epochs
+    assert s["epochs_to_recover"] == "0 1 2 0"
+
+
 # --- statistics ------------------------------------------------------------------------------------------------
 
 def test_correlations_known_answers():
@@ -239,6 +252,23 @@ def test_ridge_and_kfold_r2_known_answers():
     assert math.isnan(analysis.kfold_r2(x[:6], noisy[:6], k=5)["r2"])
 
 
+def test_loo_alpha_matches_brute_force_and_helps_when_features_outnumber_data():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(15, 6))
+    y = x[:, 0] + 0.5 * rng.normal(size=15)
+    brute = {}
+    for alpha in analysis.ALPHA_GRID:  # leave-one-out by refitting
+        errs = [y[i] - (x[i] @ w + b) for i in range(15)
+                for w, b in [analysis.ridge_fit(np.delete(x, i, 0), np.delete(y, i), alpha)]]
+        brute[alpha] = np.mean(np.square(errs))
+    assert analysis.loo_alpha(x, y) == min(brute, key=brute.get)
+    # 30 points, 24 mostly useless features: least squares over-fits, the chosen penalty does not.
+    x = rng.normal(size=(30, 24))
+    y = x[:, 0] + 0.5 * rng.normal(size=30)
+    auto, ols = analysis.kfold_r2(x, y, k=5), analysis.kfold_r2(x, y, k=5, alpha=0.0)
+    assert auto["r2"] > 0.1 > ols["r2"] and auto["alpha_used"] > 0
+
+
 # --- end to end ------------------------------------------------------------------------------------------------
 
 TINY = ["--strings", "160", "--min-len", "11", "--max-len", "20", "--epochs", "1", "--threads", "1"]
@@ -264,6 +294,9 @@ def test_prune_subcommand_end_to_end(tmp_path, capsys):
     assert {r["cell"] for r in read_csv(out / "prune_base.csv")} == {"gru", "rnn_relu"}
     assert len(read_csv(out / "prune_summary.csv")) == 6
     assert "holds@0ep" in capsys.readouterr().out
+    summary = read_csv(out / "prune_summary.csv")
+    for srow in summary:
+        assert int(srow["recovers_one_epoch"]) >= int(srow["holds_no_retrain"])  # epoch 0 counts too
     for png in ("prune_accuracy.png", "prune_recovery.png"):
         assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
 

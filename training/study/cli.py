@@ -47,7 +47,8 @@ HELP = {
     "max_nodes": "most graph nodes",
     "recurrent": "hidden-to-hidden weights inside a layer: self-loops only, dense (thesis) or none",
     "folds": "k of the k-fold cross-validated regression",
-    "alpha": "ridge penalty on standardised properties (0: least squares)",
+    "alpha": "ridge penalty on standardised properties (0: least squares; -1: chosen in each training fold by "
+             "leave-one-out over 1e-3..1e3)",
 }
 HELP_GRAPHS = {"emb": "embedding width (0: one unit per source node, as the thesis)"}
 CHOICES = {"cells": ARCHS, "regimes": tuple(REGIMES), "generators": GENERATORS, "recurrent": RECURRENT}

@@ -85,7 +85,7 @@ class GraphConfig(StudyConfig):
     batch_size: int = 128  # thesis: 128 for the graph study
     epochs: int = 15  # thesis: 15
     folds: int = 5  # k of the cross-validated regression
-    alpha: float = 1.0  # ridge penalty on standardised properties (0: least squares)
+    alpha: float = -1.0  # ridge penalty on standardised properties; -1: chosen per fold by leave-one-out
     out: str = "runs/study-graphs"
 
     def __post_init__(self):
@@ -97,5 +97,5 @@ class GraphConfig(StudyConfig):
             raise UserError("need --graphs >= 1 and 4 <= --min-nodes <= --max-nodes")
         if self.recurrent not in RECURRENT:
             raise UserError(f"--recurrent must be one of {', '.join(RECURRENT)}")
-        if self.emb < 0 or self.folds < 2 or self.alpha < 0:
-            raise UserError("need --emb >= 0, --folds >= 2 and --alpha >= 0")
+        if self.emb < 0 or self.folds < 2 or not (self.alpha >= 0 or self.alpha == -1):
+            raise UserError("need --emb >= 0, --folds >= 2 and --alpha >= 0 (or -1: automatic)")
