@@ -50,6 +50,8 @@ def parse_args(argv):
     p.add_argument("--max-batches", type=int, default=None, help="training batches per epoch (default: all)")
     p.add_argument("--eval-lines", type=int, default=None, help="first lines of valid/test (default: all)")
     p.add_argument("--asgd-after", type=int, default=None, help="snt-asgd: average after this epoch at the latest")
+    p.add_argument("--overhead-reps", type=int, default=20,
+                   help="repetitions of the per-step overhead timing (0: skip it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-methods"), help="where the runs go")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown to append to")
@@ -75,6 +77,8 @@ def eval_subset(data_dir: str, corpus: str, lines: int, tmp: Path) -> str:
 
 
 def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dict:
+    from safetensors.torch import load_file
+
     from selfish_deploy.training.config import TrainConfig
     from selfish_deploy.training.trainer import train
 
@@ -88,7 +92,11 @@ def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dic
     results = train(cfg)["results"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["event"] == "epoch"]
+    saved = load_file(str(out / "model.safetensors"))
+    masks = [t for k, t in saved.items() if k.startswith("mask.")]
+    density = sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
     return {"method": method, "optimizer": optimizer, "epochs": len(epochs), "steps": epochs[-1]["step"],
+            "density": density,
             "val_ppl": results["val_ppl"], "test_ppl": results["test_ppl"],
             "epoch_s": statistics.mean(r["epoch_time_s"] for r in epochs),
             "step_ms": 1000 * statistics.median(r["step_time_s"] for r in epochs),
@@ -96,16 +104,99 @@ def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dic
             "updates": sum(r["event"] == "topology" for r in records), "wall_s": time.time() - t0}
 
 
+def _median_ms(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def overhead(base: dict, methods: list[str], reps: int, vocab_size: int = 10000) -> list[dict]:
+    """Per-step cost of each piece a sparse method adds to a dense step, timed in one process back to back
+    (steadier than comparing whole runs on a shared machine): masking gradients and weights, the method's
+    ``before_step``, a topology update (spread over the steps between updates), and SNT-ASGD's averaging
+    over plain SGD. Compute itself is dense in every method (masked dense matrices)."""
+    import torch.nn.functional as F
+
+    from selfish_deploy.masks import MaskRegistry
+    from selfish_deploy.model import RNNLM, ModelConfig
+    from selfish_deploy.training.config import TrainConfig
+    from selfish_deploy.training.methods import get_method
+    from selfish_deploy.training.optim import MOMENTUM, AnnealedSGD, SNTASGD
+
+    cfg = TrainConfig.from_dict({**base, "epochs": 10})
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab_size, (cfg.bptt + 1, cfg.batch_size), generator=gen)
+
+    def fresh():
+        torch.manual_seed(0)
+        return RNNLM(ModelConfig(arch=cfg.arch, vocab_size=vocab_size, emb=cfg.emb, hidden=cfg.hidden,
+                                 layers=cfg.layers, dropout=cfg.dropout, tie_weights=cfg.tie_weights))
+
+    def fwd_bwd(model):
+        model.zero_grad(set_to_none=True)
+        logits, _ = model(x[:-1], model.init_hidden(cfg.batch_size))
+        F.cross_entropy(logits.view(-1, vocab_size), x[1:].reshape(-1)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+
+    model = fresh()
+    sgd = AnnealedSGD(model.parameters(), lr=1e-6, anneal=1.0)
+    dense_ms = _median_ms(lambda: (fwd_bwd(model), sgd.step()), reps)
+    rows = []
+    for name in methods:
+        cls = get_method(name)
+        if cls.dense:
+            continue
+        model = fresh()
+        masks = MaskRegistry(model, 1.0 if getattr(cls, "initial_density_one", False) else cfg.density,
+                             cfg.distribution, torch.Generator().manual_seed(1), arch=cfg.arch)
+        steps_per_epoch = 1000
+        method = cls(masks, steps_per_epoch * cfg.epochs, cfg, torch.Generator().manual_seed(2))
+        every = method.update_every
+        fwd_bwd(model)
+        mask_ms = _median_ms(lambda: (masks.mask_grads_(), masks.apply_()), reps)
+        before_ms = _median_ms(lambda: method.before_step(0), reps)  # a step with no update after it
+        update_step = every * max(1, int(0.2 * cfg.epochs * steps_per_epoch / every))  # early: GMP prunes
+        update_ms = _median_ms(lambda: (method.before_step(update_step - 1), method.after_step(update_step)),
+                               max(3, reps // 4))
+        momentum = MOMENTUM if getattr(cls, "needs_momentum", False) else 0.0
+        plain = AnnealedSGD(model.parameters(), lr=1e-6, anneal=1.0, momentum=momentum)
+        sgd_ms = _median_ms(plain.step, reps)
+        asgd = SNTASGD(dict(model.named_parameters()), masks.masks, lr=1e-6, momentum=momentum, asgd_after=0)
+        asgd_ms = _median_ms(asgd.step, reps)
+        added = mask_ms + before_ms + update_ms / every
+        rows.append({"method": name, "dense_step_ms": dense_ms, "mask_ms": mask_ms, "before_step_ms": before_ms,
+                     "update_ms": update_ms, "update_every": every, "averaging_ms": asgd_ms - sgd_ms,
+                     "sgd_overhead": added / dense_ms, "asgd_overhead": (added + asgd_ms - sgd_ms) / dense_ms})
+    return rows
+
+
+def overhead_table(rows: list[dict]) -> str:
+    lines = ["| method | masking (ms) | before_step (ms) | topology update (ms) | every N steps "
+             "| SNT-ASGD averaging (ms) | overhead with sgd | with snt-asgd |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['mask_ms']:.2f} | {r['before_step_ms']:.2f} | {r['update_ms']:.1f} "
+                     f"| {r['update_every']} | {r['averaging_ms']:.2f} | {100 * r['sgd_overhead']:+.1f}% "
+                     f"| {100 * r['asgd_overhead']:+.1f}% |")
+    if rows:
+        lines.append(f"\nDense step (forward, backward, clip, SGD step): {rows[0]['dense_step_ms']:.1f} ms (median).")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     dense = {r["optimizer"]: r for r in rows if r["method"] == "dense"}
-    lines = ["| method | optimizer | phases | topology updates | val ppl | test ppl | epoch (s) | vs dense "
-             "| median step (ms) | vs dense |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | optimizer | phases | topology updates | density | val ppl | test ppl | epoch (s) "
+             "| vs dense | median step (ms) | vs dense |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         d = dense.get(r["optimizer"])
         rel = lambda k: f"{100 * (r[k] / d[k] - 1):+.1f}%" if d and r is not d else "-"  # noqa: E731
         lines.append(f"| {r['method']} | {r['optimizer']} | {'+'.join(r['phases'])} | {r['updates']} "
-                     f"| {r['val_ppl']:.1f} | {r['test_ppl']:.1f} | {r['epoch_s']:.1f} | {rel('epoch_s')} "
+                     f"| {r['density']:.3f} | {r['val_ppl']:.1f} | {r['test_ppl']:.1f} | {r['epoch_s']:.1f} | {rel('epoch_s')} "
                      f"| {r['step_ms']:.1f} | {rel('step_ms')} |")
     return "\n".join(lines)
 
@@ -158,6 +249,11 @@ def main(argv=None) -> int:
                 rows.append(run_one(base, method, optimizer, args, data_dir))
                 log.info("%s", rows[-1])
     text = table(rows)
+    if args.overhead_reps > 0:
+        log.info("timing the per-step overhead of each method (%d repetitions)", args.overhead_reps)
+        text += ("\n\nPer-step overhead over a dense step, timed back to back in one process "
+                 "(topology updates spread over the steps between them):\n\n"
+                 + overhead_table(overhead(base, methods, args.overhead_reps)))
     print(text)
     if args.dry_run:
         return 0
@@ -173,7 +269,7 @@ def main(argv=None) -> int:
                f"Command: `python benchmarks/train_methods.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
                f"\n\n{text}\n")
     append_section(Path(args.results), section)
-    log.info("appended to %s", results)
+    log.info("appended to %s", args.results)
     return 0
 
 

