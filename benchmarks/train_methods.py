@@ -8,7 +8,9 @@ model under the same optimizer (the cost of mask updates and masked averaging; t
 Time is training only (evaluation excluded), as the mean epoch time and as the median step time (robust
 to other jobs on a shared machine; it leaves out rare topology updates, which the mean includes).
 
-The full run is hours on a CPU; reduce it with ``--epochs``, ``--max-batches`` (training batches per
+The full run is hours on a CPU (about 13 core-hours for the ``ptb-cpu`` recipe). It is restartable: run the
+same command again and finished runs are read back from ``--out`` while unfinished ones resume from their
+last epoch checkpoint; ``--methods``/``--optimizers`` split it over several processes. Reduce it with ``--epochs``, ``--max-batches`` (training batches per
 epoch; the methods' schedules shrink to match), ``--eval-lines`` (first lines of the validation and test
 files; for PTB the vocabulary and word ids stay those of the full corpus, as training text defines them)
 and ``--methods``. A reduced run ends in the trigger-free SGD phase, so pass ``--asgd-after 0`` to measure
@@ -52,6 +54,8 @@ def parse_args(argv):
     p.add_argument("--asgd-after", type=int, default=None, help="snt-asgd: average after this epoch at the latest")
     p.add_argument("--overhead-reps", type=int, default=20,
                    help="repetitions of the per-step overhead timing (0: skip it)")
+    p.add_argument("--overhead-only", action="store_true",
+                   help="only time the per-step overhead (seconds, not hours; no training runs)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-methods"), help="where the runs go")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown to append to")
@@ -89,7 +93,12 @@ def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dic
                                  **({"max_batches": args.max_batches} if args.max_batches else {}),
                                  **({"asgd_after": args.asgd_after} if args.asgd_after is not None else {})})
     t0 = time.time()
-    results = train(cfg)["results"]
+    results = previous_results(out, cfg)
+    if results is None:
+        resume = (out / "checkpoint" / "state.json").exists() and not args.dry_run
+        if resume:
+            log.info("resuming %s from its checkpoint", out)
+        results = train(cfg, resume=resume)["results"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["event"] == "epoch"]
     saved = load_file(str(out / "model.safetensors"))
@@ -102,6 +111,30 @@ def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dic
             "step_ms": 1000 * statistics.median(r["step_time_s"] for r in epochs),
             "phases": sorted({r["phase"] for r in epochs}),
             "updates": sum(r["event"] == "topology" for r in records), "wall_s": time.time() - t0}
+
+
+# Fields that may differ between invocations of one benchmark run without changing what it trains.
+_NOT_RECIPE = {"out", "data_dir", "log_interval", "stop_after_epoch", "device"}
+
+
+def previous_results(out: Path, cfg) -> dict | None:
+    """Results of a finished run of this exact configuration in ``out`` (the benchmark takes many hours on
+    a CPU, so it is restartable: finished runs are read back, unfinished ones resume from their checkpoint).
+    A run directory from another configuration is an error, never silently reused or overwritten."""
+    path = out / "config.json"
+    if not path.exists() or cfg.dry_run:
+        return None
+    stored = json.loads(path.read_text())
+    want = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_RECIPE}
+    have = {k: v for k, v in stored.get("train", {}).items() if k not in _NOT_RECIPE}
+    if have != want:
+        diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        sys.exit(f"{out} holds a run with other settings ({', '.join(diff)}); pass another --out")
+    results = stored.get("results") or {}
+    if results.get("test_ppl") is None:
+        return None
+    log.info("reusing the finished run in %s", out)
+    return results
 
 
 def _median_ms(fn, reps: int) -> float:
@@ -243,12 +276,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = eval_subset(args.data_dir, base["corpus"], args.eval_lines, Path(tmp)) if args.eval_lines \
             else args.data_dir
-        for optimizer in optimizers:
+        for optimizer in ([] if args.overhead_only else optimizers):
             for method in methods:
                 log.info("=== %s / %s ===", method, optimizer)
                 rows.append(run_one(base, method, optimizer, args, data_dir))
                 log.info("%s", rows[-1])
-    text = table(rows)
+    text = table(rows) if rows else ""
     if args.overhead_reps > 0:
         log.info("timing the per-step overhead of each method (%d repetitions)", args.overhead_reps)
         text += ("\n\nPer-step overhead over a dense step, timed back to back in one process "
@@ -258,9 +291,10 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     base_cfg = TrainConfig.from_dict(base)
+    runs = (f"{rows[0]['epochs']} epoch(s) of {args.max_batches or 'all'} batches, " if rows
+            else "per-step overhead only, ")
     scope = (f"recipe `{args.recipe}` ({base_cfg.layers}x{base_cfg.hidden} {base_cfg.arch}, tied={base_cfg.tie_weights}, "
-             f"density {base_cfg.density}, lr {base_cfg.lr}), corpus {base_cfg.corpus}, "
-             f"{rows[0]['epochs']} epoch(s) of {args.max_batches or 'all'} batches, "
+             f"density {base_cfg.density}, lr {base_cfg.lr}), corpus {base_cfg.corpus}, {runs}"
              f"validation/test: {f'first {args.eval_lines} lines' if args.eval_lines else 'full'}, "
              f"asgd_after={args.asgd_after if args.asgd_after is not None else base_cfg.asgd_after}, "
              f"{args.threads} thread(s)")

@@ -177,6 +177,41 @@ def test_fixed_nnz_methods_keep_every_tensor_count(name):
     assert any(not torch.equal(masks.masks[n], start_masks[n]) for n in masks)
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_under_snt_asgd_keeps_the_average_on_the_mask(name):
+    """SNT-ASGD must work with every method: averaging from the first step while the topology moves,
+    the averaged model is exactly as sparse as the current masks and ages are zero off-mask."""
+    from selfish_deploy.training.optim import MOMENTUM, SNTASGD
+
+    model, masks, method, _ = build(name, total_steps=40, epochs=4, update_every=5)
+    opt = SNTASGD(dict(model.named_parameters()), masks.masks, lr=0.5, asgd_after=0,
+                  momentum=MOMENTUM if method.needs_momentum else 0.0)
+    assert opt.phase == "asgd"
+    updates = 0
+    for step in range(40):
+        g = torch.Generator().manual_seed(1000 + step)
+        tokens = torch.randint(0, VOCAB, (7, 3), generator=g)
+        opt.zero_grad(set_to_none=True)
+        logits, _ = model(tokens[:-1], model.init_hidden(3))
+        F.cross_entropy(logits.reshape(-1, VOCAB), tokens[1:].reshape(-1)).backward()
+        method.before_step(step)
+        masks.mask_grads_()
+        opt.step()
+        masks.apply_()
+        updates += method.after_step(step + 1) is not None
+        masks.check()
+        averaged = opt.averaged()
+        for n, m in masks.masks.items():
+            assert not bool(averaged[n][~m].any()), f"{name}: average alive off the mask of {n} at step {step}"
+            assert not bool(opt.ages(n)[~m].any()), f"{name}: a dead weight of {n} has an age"
+    assert (updates == 0) == (name in ("dense", "static"))
+    if not method.dense and not method.initial_density_one and name not in ("snfs", "dsr"):
+        assert {n: masks.nnz(n) for n in masks} == masks.target_nnz  # fixed per tensor
+    averaged = opt.averaged()
+    assert all(torch.isfinite(t).all() for t in averaged.values())
+    assert any(not torch.equal(averaged[n], p.detach()) for n, p in model.named_parameters())  # really averaged
+
+
 def test_selfish_removes_exact_counts_and_never_regrows_the_dead():
     model, masks, method, _ = build("selfish", density=0.3, total_steps=100, epochs=1)
     train_steps(model, masks, method, 0, 3)
