@@ -99,6 +99,15 @@ class MaskRegistry:
             if p.grad is not None:
                 p.grad.mul_(self.multiplier(n, p.grad))
 
+    @torch.no_grad()
+    def mask_momentum_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the optimizer's momentum on dead weights after a topology update (as sparselearning's
+        ``reset_momentum``): otherwise a pruned weight's old momentum moves it the moment it regrows."""
+        for n, p in self.params.items():
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.mul_(self.multiplier(n, buf))
+
     def nnz(self, name: str) -> int:
         return int(self.masks[name].sum())
 

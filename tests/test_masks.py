@@ -69,6 +69,38 @@ def test_masked_training_steps_keep_exact_nnz():
             assert p[~masks.masks[n]].abs().sum() == 0
 
 
+def test_mask_momentum_zeroes_dead_momentum_and_a_regrown_weight_starts_at_rest():
+    torch.manual_seed(0)
+    model = tiny()
+    masks = MaskRegistry(model, 0.3, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    x = torch.randint(0, 97, (5, 3))
+
+    def step():
+        opt.zero_grad()
+        logits, _ = model(x, model.init_hidden(3))
+        logits.sum().backward()
+        masks.mask_grads_()
+        opt.step()
+        masks.apply_()
+
+    step()
+    name = "rnns.0.weight_hh_l0"
+    m = masks.masks[name]
+    alive, dead = m.nonzero()[0].tolist(), (~m).nonzero()[0].tolist()
+    buf = opt.state[masks.params[name]]["momentum_buffer"]
+    assert buf[tuple(alive)] != 0
+    m[tuple(alive)], m[tuple(dead)] = False, True  # a topology update: one weight dies, one regrows
+    masks.apply_()
+    masks.mask_momentum_(opt)
+    assert buf[tuple(alive)] == 0 and not bool(buf[~m].any())
+    old = masks.params[name].detach()[tuple(dead)].item()
+    assert old == 0.0
+    step()  # the regrown weight moves by its own gradient only: momentum was zero, so p = -lr * grad
+    grad = masks.params[name].grad[tuple(dead)].item()
+    assert masks.params[name].detach()[tuple(dead)].item() == pytest.approx(-grad)
+
+
 def test_gate_densities_split_rows_by_gate():
     masks = MaskRegistry(tiny("lstm"), 1.0)
     m = masks.masks["rnns.0.weight_hh_l0"]  # (4*20, 20)

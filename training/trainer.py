@@ -199,6 +199,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                 if world.enabled:  # rank 0 decides (ranks agree anyway; this rules out broken ties)
                     distributed.broadcast_masks(masks.masks, world)
                     masks.apply_()
+                masks.mask_momentum_(optimizer)  # a regrown weight starts at rest, not with a stale push
                 metrics.write({"event": "topology", "epoch": epoch, "step": loop.step,
                                "lr": optimizer.param_groups[0]["lr"], "phase": getattr(optimizer, "phase", "sgd"),
                                **update})
