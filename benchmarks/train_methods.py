@@ -56,6 +56,8 @@ def parse_args(argv):
                    help="repetitions of the per-step overhead timing (0: skip it)")
     p.add_argument("--overhead-only", action="store_true",
                    help="only time the per-step overhead (seconds, not hours; no training runs)")
+    p.add_argument("--status", action="store_true",
+                   help="print how far each run in --out has got (epochs, best validation, test) and exit")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-methods"), help="where the runs go")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown to append to")
@@ -135,6 +137,27 @@ def previous_results(out: Path, cfg) -> dict | None:
         return None
     log.info("reusing the finished run in %s", out)
     return results
+
+
+def status(out: Path, methods: list[str], optimizers: list[str]) -> str:
+    """Progress of a (possibly still running) benchmark, read from its run directories."""
+    lines = ["| run | epochs done / planned | phase | best val ppl | test ppl | mean epoch (s) |",
+             "|---|---:|---|---:|---:|---:|"]
+    for optimizer in optimizers:
+        for method in methods:
+            d = out / f"{method}-{optimizer}"
+            if not (d / "metrics.jsonl").exists():
+                lines.append(f"| {d.name} | not started | | | | |")
+                continue
+            planned = json.loads((d / "config.json").read_text())["train"]["epochs"]
+            records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            epochs = [r for r in records if r["event"] == "epoch"]
+            test = next((r["test_ppl"] for r in records if r["event"] == "test"), None)
+            best = min((r["val_ppl"] for r in epochs), default=float("nan"))
+            mean_s = statistics.mean(r["epoch_time_s"] for r in epochs) if epochs else float("nan")
+            lines.append(f"| {d.name} | {len(epochs)} / {planned} | {epochs[-1]['phase'] if epochs else ''} | "
+                         f"{best:.2f} | {'' if test is None else f'{test:.2f}'} | {mean_s:.0f} |")
+    return "\n".join(lines)
 
 
 def _median_ms(fn, reps: int) -> float:
@@ -272,6 +295,9 @@ def main(argv=None) -> int:
     base = {**TrainConfig().to_dict(), **load_recipe(args.recipe)}
     methods = [m for m in args.methods.split(",") if m]
     optimizers = [o for o in args.optimizers.split(",") if o]
+    if args.status:
+        print(status(Path(args.out), methods, optimizers))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = eval_subset(args.data_dir, base["corpus"], args.eval_lines, Path(tmp)) if args.eval_lines \
