@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from common import cpu_name
 from selfish_deploy.export.writer import export_run
 from selfish_deploy.masks import MaskRegistry
 from selfish_deploy.model import RNNLM, ModelConfig
@@ -107,16 +108,6 @@ def measure(density: float, work: Path, repeats: int) -> dict:
         row[f"onnx_{kind}"] = report["files"]["model.onnx"]
         row[f"ort_{kind}"] = probe(out / "model.onnx", repeats)
     return row
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def tables(rows: list[dict], dense: int) -> str:

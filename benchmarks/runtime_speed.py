@@ -9,13 +9,11 @@ dense / sparse (> 1 means the sparse runtime is faster). Default model: the bund
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from datetime import date
 
 import torch
 
+from common import cpu_name, median_ms
 from selfish_deploy.assets import default_model_dir
 from selfish_deploy.csr import CSR
 from selfish_deploy.model import RNNLM
@@ -30,26 +28,6 @@ def dense_model(lm: SparseLM) -> RNNLM:
             w = lm.exported.weight(n)
             p.copy_(w.to_dense(torch.float32) if isinstance(w, CSR) else w.float())
     return model
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return 1000 * statistics.median(samples)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -75,9 +53,9 @@ def main() -> None:
             ref = torch.log_softmax(model(tokens, model.init_hidden(tokens.size(1)))[0], -1)
             out, _ = lm.forward(tokens, lm.init_state(tokens.size(1)))
             err = ((out - ref).abs().max() / ref.abs().max()).item()
-            t_dense = timed(lambda: torch.log_softmax(model(tokens, model.init_hidden(tokens.size(1)))[0], -1),
+            t_dense = median_ms(lambda: torch.log_softmax(model(tokens, model.init_hidden(tokens.size(1)))[0], -1),
                             args.repeats)
-            t_sparse = timed(lambda: lm.forward(tokens, lm.init_state(tokens.size(1))), args.repeats)
+            t_sparse = median_ms(lambda: lm.forward(tokens, lm.init_state(tokens.size(1))), args.repeats)
         rows.append((name, t_dense, t_sparse, t_dense / t_sparse, err))
 
     density = lm.exported.config.get("density", 1.0)

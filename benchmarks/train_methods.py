@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from common import machine, median_ms
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_METHODS = ("dense", "static", "set", "rigl", "gmp", "selfish")
@@ -160,16 +161,6 @@ def status(out: Path, methods: list[str], optimizers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _median_ms(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
-
-
 def overhead(base: dict, methods: list[str], reps: int, vocab_size: int = 10000) -> list[dict]:
     """Per-step cost of each piece a sparse method adds to a dense step, timed in one process back to back
     (steadier than comparing whole runs on a shared machine): masking gradients and weights, the method's
@@ -200,7 +191,7 @@ def overhead(base: dict, methods: list[str], reps: int, vocab_size: int = 10000)
 
     model = fresh()
     sgd = AnnealedSGD(model.parameters(), lr=1e-6, anneal=1.0)
-    dense_ms = _median_ms(lambda: (fwd_bwd(model), sgd.step()), reps)
+    dense_ms = median_ms(lambda: (fwd_bwd(model), sgd.step()), reps)
     rows = []
     for name in methods:
         cls = get_method(name)
@@ -213,16 +204,16 @@ def overhead(base: dict, methods: list[str], reps: int, vocab_size: int = 10000)
         method = cls(masks, steps_per_epoch * cfg.epochs, cfg, torch.Generator().manual_seed(2))
         every = method.update_every
         fwd_bwd(model)
-        mask_ms = _median_ms(lambda: (masks.mask_grads_(), masks.apply_()), reps)
-        before_ms = _median_ms(lambda: method.before_step(0), reps)  # a step with no update after it
+        mask_ms = median_ms(lambda: (masks.mask_grads_(), masks.apply_()), reps)
+        before_ms = median_ms(lambda: method.before_step(0), reps)  # a step with no update after it
         update_step = every * max(1, int(0.2 * cfg.epochs * steps_per_epoch / every))  # early: GMP prunes
-        update_ms = _median_ms(lambda: (method.before_step(update_step - 1), method.after_step(update_step)),
+        update_ms = median_ms(lambda: (method.before_step(update_step - 1), method.after_step(update_step)),
                                max(3, reps // 4))
         momentum = MOMENTUM if getattr(cls, "needs_momentum", False) else 0.0
         plain = AnnealedSGD(model.parameters(), lr=1e-6, anneal=1.0, momentum=momentum)
-        sgd_ms = _median_ms(plain.step, reps)
+        sgd_ms = median_ms(plain.step, reps)
         asgd = SNTASGD(dict(model.named_parameters()), masks.masks, lr=1e-6, momentum=momentum, asgd_after=0)
-        asgd_ms = _median_ms(asgd.step, reps)
+        asgd_ms = median_ms(asgd.step, reps)
         added = mask_ms + before_ms + update_ms / every
         rows.append({"method": name, "dense_step_ms": dense_ms, "mask_ms": mask_ms, "before_step_ms": before_ms,
                      "update_ms": update_ms, "update_every": every, "averaging_ms": asgd_ms - sgd_ms,
@@ -255,19 +246,6 @@ def table(rows: list[dict]) -> str:
                      f"| {r['density']:.3f} | {r['val_ppl']:.1f} | {r['test_ppl']:.1f} | {r['epoch_s']:.1f} | {rel('epoch_s')} "
                      f"| {r['step_ms']:.1f} | {rel('step_ms')} |")
     return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.python_version()}"
 
 
 def append_section(results: Path, section: str) -> None:

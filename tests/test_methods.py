@@ -43,16 +43,21 @@ def build(name, *, density=0.3, total_steps=40, seed=0, arch="lstm", **cfg):
     return model, masks, method_cls(masks, total_steps, cfg, rng), rng
 
 
+def backward_on_step(model, step):
+    """Gradients of the loss on random tokens fixed by the step number."""
+    g = torch.Generator().manual_seed(1000 + step)
+    tokens = torch.randint(0, VOCAB, (7, 3), generator=g)
+    model.zero_grad(set_to_none=True)
+    logits, _ = model(tokens[:-1], model.init_hidden(3))
+    F.cross_entropy(logits.reshape(-1, VOCAB), tokens[1:].reshape(-1)).backward()
+
+
 def train_steps(model, masks, method, start, stop, lr=0.5):
     """The trainer's per-batch order on random tokens fixed by the step number; returns
     ``[(step, record)]`` and checks every mask invariant after every step."""
     records = []
     for step in range(start, stop):
-        g = torch.Generator().manual_seed(1000 + step)
-        tokens = torch.randint(0, VOCAB, (7, 3), generator=g)
-        model.zero_grad(set_to_none=True)
-        logits, _ = model(tokens[:-1], model.init_hidden(3))
-        F.cross_entropy(logits.reshape(-1, VOCAB), tokens[1:].reshape(-1)).backward()
+        backward_on_step(model, step)
         method.before_step(step)
         masks.mask_grads_()
         with torch.no_grad():
@@ -189,11 +194,7 @@ def test_every_method_under_snt_asgd_keeps_the_average_on_the_mask(name):
     assert opt.phase == "asgd"
     updates = 0
     for step in range(40):
-        g = torch.Generator().manual_seed(1000 + step)
-        tokens = torch.randint(0, VOCAB, (7, 3), generator=g)
-        opt.zero_grad(set_to_none=True)
-        logits, _ = model(tokens[:-1], model.init_hidden(3))
-        F.cross_entropy(logits.reshape(-1, VOCAB), tokens[1:].reshape(-1)).backward()
+        backward_on_step(model, step)
         method.before_step(step)
         masks.mask_grads_()
         opt.step()
