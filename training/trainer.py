@@ -151,7 +151,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         metrics.write({"event": "start", "epoch": 0, "step": 0, "world_size": world.size,
                        "density": {n: masks.density(n) for n in masks}, "gates": gate_report(masks)})
     log.info("config: %s", json.dumps(cfg.to_dict()))
-    log.info("model: %s, %d weights in matrices at density %.4f; %d process(es)", model_cfg,
+    log.info("model: %s, %d non-zero weights in its matrices (density %.4f); %d process(es)", model_cfg,
              sum(masks.target_nnz.values()), masks.total_density(), world.size)
     run_config = {
         "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
