@@ -58,7 +58,8 @@ def parse_args(argv):
     p.add_argument("--overhead-only", action="store_true",
                    help="only time the per-step overhead (seconds, not hours; no training runs)")
     p.add_argument("--status", action="store_true",
-                   help="print how far each run in --out has got (epochs, best validation, test) and exit")
+                   help="print how far each run in --out has got (epochs, best validation, test), plot "
+                        "its validation curves to OUT/val_ppl.png, and exit")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-methods"), help="where the runs go")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown to append to")
@@ -159,6 +160,36 @@ def status(out: Path, methods: list[str], optimizers: list[str]) -> str:
             lines.append(f"| {d.name} | {len(epochs)} / {planned} | {epochs[-1]['phase'] if epochs else ''} | "
                          f"{best:.2f} | {'' if test is None else f'{test:.2f}'} | {mean_s:.0f} |")
     return "\n".join(lines)
+
+
+def plot_curves(out: Path, methods: list[str], optimizers: list[str], path: Path) -> Path:
+    """Validation perplexity per epoch of every run in ``out``, one panel per optimizer (also mid-run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(6 * len(optimizers), 4.5), sharey=True, squeeze=False)
+    for ax, optimizer in zip(axes[0], optimizers):
+        for method in methods:
+            metrics = out / f"{method}-{optimizer}" / "metrics.jsonl"
+            if not metrics.exists():
+                continue
+            epochs = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["event"] == "epoch"]
+            ax.plot([r["epoch"] for r in epochs], [r["val_ppl"] for r in epochs], marker=".", label=method)
+        ax.set(title=optimizer, xlabel="epoch", yscale="log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.25, 1.5, 2.0, 3.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(plt.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    axes[0][0].set_ylabel("validation perplexity")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def overhead(base: dict, methods: list[str], reps: int, vocab_size: int = 10000) -> list[dict]:
@@ -275,6 +306,7 @@ def main(argv=None) -> int:
     optimizers = [o for o in args.optimizers.split(",") if o]
     if args.status:
         print(status(Path(args.out), methods, optimizers))
+        log.info("wrote %s", plot_curves(Path(args.out), methods, optimizers, Path(args.out) / "val_ppl.png"))
         return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -306,6 +338,9 @@ def main(argv=None) -> int:
                f"{' ' + args.note if args.note else ''}\n\n"
                f"Command: `python benchmarks/train_methods.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
                f"\n\n{text}\n")
+    if rows:
+        plot = plot_curves(Path(args.out), methods, optimizers, Path(args.results).with_name("train_methods.png"))
+        section += f"\n![validation perplexity per epoch]({plot.name})\n"
     append_section(Path(args.results), section)
     log.info("appended to %s", args.results)
     return 0
