@@ -33,8 +33,17 @@ def test_stacked_lstm_recipe_is_the_papers():
                                                                                          False)
     assert (cfg.dropout, cfg.lr, cfg.weight_decay, cfg.clip, cfg.batch_size, cfg.bptt, cfg.epochs) == (
         0.65, 40.0, 1.2e-6, 0.25, 20, 35, 100)
-    assert (cfg.density, cfg.death_rate, cfg.seed, cfg.method, cfg.optimizer, cfg.nonmono) == (
-        0.33, 0.8, 1111, "selfish", "snt-asgd", 5)
+    assert (cfg.density, cfg.seed, cfg.method, cfg.optimizer, cfg.nonmono) == (0.33, 1111, "selfish", "snt-asgd", 5)
+    assert METHODS["selfish"](None, 1, cfg, None).initial_death_rate == 0.8  # --death-rate 0.8
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("method, rate", [("selfish", 0.8), ("set", 0.3), ("rigl", 0.3)])
+def test_recipes_leave_each_method_its_own_death_rate(path, method, rate):
+    """A recipe shared by the methods benchmark must not impose Selfish-RNN's 0.8 on SET or RigL (it would
+    rewire 80% of SET's weights every epoch)."""
+    cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **load_recipe(path), "method": method})
+    assert METHODS[method](None, 1, cfg, None).initial_death_rate == rate
 
 
 def test_cpu_recipe_trains_through_the_cli(tmp_path, data_dir):
