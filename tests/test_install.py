@@ -23,6 +23,8 @@ def test_wheel_maps_training_and_serving_under_the_package(tmp_path):
     bundled = {n for n in names if n.startswith("selfish_deploy/assets/ptb-lstm-sparse/")}
     assert {f"selfish_deploy/assets/ptb-lstm-sparse/{f}" for f in ("config.json", "model.safetensors",
                                                                    "vocab.txt")} <= bundled
+    recipes = {f"selfish_deploy/training/recipes/{r}.toml" for r in ("ptb-cpu", "ptb-stacked-lstm")}
+    assert recipes <= names
     # Every package directory in the source tree is declared (pyproject lists them explicitly).
     for d in ("training", "serving", "selfish_deploy"):
         for init in (REPO / d).rglob("__init__.py"):
