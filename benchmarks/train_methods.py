@@ -10,10 +10,10 @@ to other jobs on a shared machine; it leaves out rare topology updates, which th
 
 The full run is hours on a CPU (about 13 core-hours for the ``ptb-cpu`` recipe). It is restartable: run the
 same command again and finished runs are read back from ``--out`` while unfinished ones resume from their
-last epoch checkpoint; ``--methods``/``--optimizers`` split it over several processes. Reduce it with ``--epochs``, ``--max-batches`` (training batches per
-epoch; the methods' schedules shrink to match), ``--eval-lines`` (first lines of the validation and test
-files; for PTB the vocabulary and word ids stay those of the full corpus, as training text defines them)
-and ``--methods``. A reduced run ends in the trigger-free SGD phase, so pass ``--asgd-after 0`` to measure
+last epoch checkpoint; ``--methods``/``--optimizers`` split it over several processes. Reduce it with
+``--epochs``, ``--max-batches`` (training batches per epoch; the methods' schedules shrink to match),
+``--eval-lines`` (first lines of the validation and test files; for PTB the vocabulary and word ids stay
+those of the full corpus, as training text defines them) and ``--methods``. A reduced run ends in the trigger-free SGD phase, so pass ``--asgd-after 0`` to measure
 averaging from the first step. Example (what RESULTS.md records as a reduced run)::
 
     nice -n 10 python benchmarks/train_methods.py --epochs 1 --max-batches 150 --eval-lines 400 \\
