@@ -60,7 +60,8 @@ def main() -> None:
 
     density = lm.exported.config.get("density", 1.0)
     print(f"# runtime speed, {date.today()}, {cpu_name()}, torch {torch.__version__}, {args.threads} thread(s)")
-    print(f"# model {args.model}: {lm.config.arch} {lm.config.layers}x{lm.config.hidden}, vocab {V}, density {density:.3f}")
+    print(f"# model {args.model}: {lm.config.arch} {lm.config.layers}x{lm.config.hidden}, vocab {V}, "
+          f"density {density:.3f}")
     print("| case | dense PyTorch ms | sparse runtime ms | dense/sparse | max rel. error |")
     print("|---|---:|---:|---:|---:|")
     for name, d, s, r, e in rows:

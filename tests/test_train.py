@@ -61,7 +61,7 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert [r["event"] for r in metrics(tmp_path / "split")] == ["start", "epoch"]  # stopped, no test yet
     assert main(["--resume", str(tmp_path / "split")]) == 0
     assert metrics(tmp_path / "split") == metrics(tmp_path / "straight")
-    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "split"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

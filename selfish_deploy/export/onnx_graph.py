@@ -190,7 +190,8 @@ def build_onnx(exported: ExportedModel, sparse: bool = False) -> onnx.ModelProto
     model.ir_version = 8  # opset 17's IR: loadable by older runtimes than the installed onnx's default
     meta = {"export_format_version": str(EXPORT_FORMAT_VERSION), "arch": arch, "layers": str(cfg.layers),
             "vocab_size": str(V), "dtype": str(exported.config.get("dtype", "fp32")),
-            "density": str(exported.config.get("density", "")), "source_run": str(exported.config.get("source_run", "")),
+            "density": str(exported.config.get("density", "")),
+            "source_run": str(exported.config.get("source_run", "")),
             "sparse_initializers": str(bool(sparse)).lower()}
     helper.set_model_props(model, meta)
     if model.ByteSize() >= PROTOBUF_LIMIT:

@@ -123,7 +123,8 @@ def file_sizes(export_dir: str | Path) -> dict:
 
 def format_report(report: dict) -> str:
     """The report as a fixed-width table for terminals and logs."""
-    head = f"{'tensor':<24} {'shape':>13} {'nnz':>10} {'density':>8} {'per-gate density':<28} {'dense B':>11} {'stored B':>11}"
+    head = (f"{'tensor':<24} {'shape':>13} {'nnz':>10} {'density':>8} {'per-gate density':<28} "
+            f"{'dense B':>11} {'stored B':>11}")
     lines = [head, "-" * len(head)]
     for n, r in report["tensors"].items():
         gates = " ".join(f"{g:.3f}" for g in r.get("gates", []))
