@@ -13,8 +13,8 @@ same command again and finished runs are read back from ``--out`` while unfinish
 last epoch checkpoint; ``--methods``/``--optimizers`` split it over several processes. Reduce it with
 ``--epochs``, ``--max-batches`` (training batches per epoch; the methods' schedules shrink to match),
 ``--eval-lines`` (first lines of the validation and test files; for PTB the vocabulary and word ids stay
-those of the full corpus, as training text defines them) and ``--methods``. A reduced run ends in the trigger-free SGD phase, so pass ``--asgd-after 0`` to measure
-averaging from the first step. Example (what RESULTS.md records as a reduced run)::
+those of the full corpus, as training text defines them) and ``--methods``. A reduced run ends in the
+trigger-free SGD phase, so pass ``--asgd-after 0`` to measure averaging from the first step. Example (what RESULTS.md records as a reduced run)::
 
     nice -n 10 python benchmarks/train_methods.py --epochs 1 --max-batches 150 --eval-lines 400 \\
         --methods dense,static,selfish --asgd-after 0
@@ -108,13 +108,30 @@ def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dic
     saved = load_file(str(out / "model.safetensors"))
     masks = [t for k, t in saved.items() if k.startswith("mask.")]
     density = sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+    sizes = {k.removeprefix("mask."): t.numel() for k, t in saved.items() if k.startswith("mask.")}
     return {"method": method, "optimizer": optimizer, "epochs": len(epochs), "steps": epochs[-1]["step"],
-            "density": density,
+            "density": density, "train_density": mean_training_density(records, sizes),
             "val_ppl": results["val_ppl"], "test_ppl": results["test_ppl"],
             "epoch_s": statistics.mean(r["epoch_time_s"] for r in epochs),
             "step_ms": 1000 * statistics.median(r["step_time_s"] for r in epochs),
             "phases": sorted({r["phase"] for r in epochs}),
             "updates": sum(r["event"] == "topology" for r in records), "wall_s": time.time() - t0}
+
+
+def mean_training_density(records: list[dict], sizes: dict[str, int]) -> float:
+    """Fraction of the sparsifiable weights alive during training, averaged over steps.
+
+    Sparse-to-sparse methods hold the final density throughout; GMP starts dense and prunes, so it spends
+    more parameters (and, with sparse kernels, compute) for the same final density. Each topology or epoch
+    record gives the density from its step until the next record's."""
+    points = sorted((r["step"], sum(d * sizes[k] for k, d in r["density"].items()) / sum(sizes.values()))
+                    for r in records if r["event"] in ("topology", "epoch"))
+    if not points:
+        return float("nan")
+    total = points[-1][0]
+    area = points[0][0] * points[0][1]  # before the first record: its density (nothing changed before it)
+    area += sum((s1 - s0) * d0 for (s0, d0), (s1, _) in zip(points, points[1:]))
+    return area / total if total else points[0][1]
 
 
 # Fields that may differ between invocations of one benchmark run without changing what it trains.
@@ -267,14 +284,15 @@ def overhead_table(rows: list[dict]) -> str:
 
 def table(rows: list[dict]) -> str:
     dense = {r["optimizer"]: r for r in rows if r["method"] == "dense"}
-    lines = ["| method | optimizer | phases | topology updates | density | val ppl | test ppl | epoch (s) "
-             "| vs dense | median step (ms) | vs dense |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | optimizer | phases | topology updates | density | mean density in training | val ppl "
+             "| test ppl | epoch (s) | vs dense | median step (ms) | vs dense |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         d = dense.get(r["optimizer"])
         rel = lambda k: f"{100 * (r[k] / d[k] - 1):+.1f}%" if d and r is not d else "-"  # noqa: E731
         lines.append(f"| {r['method']} | {r['optimizer']} | {'+'.join(r['phases'])} | {r['updates']} "
-                     f"| {r['density']:.3f} | {r['val_ppl']:.1f} | {r['test_ppl']:.1f} | {r['epoch_s']:.1f} | {rel('epoch_s')} "
+                     f"| {r['density']:.3f} | {r['train_density']:.3f} | {r['val_ppl']:.1f} | {r['test_ppl']:.1f} "
+                     f"| {r['epoch_s']:.1f} | {rel('epoch_s')} "
                      f"| {r['step_ms']:.1f} | {rel('step_ms')} |")
     return "\n".join(lines)
 

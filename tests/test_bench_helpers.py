@@ -1,0 +1,25 @@
+"""Helpers of the benchmark scripts that shape what RESULTS.md reports."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from train_methods import mean_training_density  # noqa: E402
+
+
+def test_mean_training_density_weights_steps_and_tensor_sizes():
+    sizes = {"a": 300, "b": 100}
+    records = [
+        {"event": "start"},
+        {"event": "epoch", "step": 10, "density": {"a": 1.0, "b": 1.0}},
+        {"event": "topology", "step": 20, "density": {"a": 0.5, "b": 0.1}},  # 0.4 overall
+        {"event": "epoch", "step": 40, "density": {"a": 0.5, "b": 0.1}},
+    ]
+    # steps 0-20 dense, 20-40 at (0.5 * 300 + 0.1 * 100) / 400 = 0.4
+    assert abs(mean_training_density(records, sizes) - 0.7) < 1e-12
+
+
+def test_mean_training_density_of_a_fixed_mask_is_its_density():
+    records = [{"event": "epoch", "step": s, "density": {"w": 0.33}} for s in (5, 10, 15)]
+    assert abs(mean_training_density(records, {"w": 10}) - 0.33) < 1e-12
