@@ -14,7 +14,8 @@ last epoch checkpoint; ``--methods``/``--optimizers`` split it over several proc
 ``--epochs``, ``--max-batches`` (training batches per epoch; the methods' schedules shrink to match),
 ``--eval-lines`` (first lines of the validation and test files; for PTB the vocabulary and word ids stay
 those of the full corpus, as training text defines them) and ``--methods``. A reduced run ends in the
-trigger-free SGD phase, so pass ``--asgd-after 0`` to measure averaging from the first step. Example (what RESULTS.md records as a reduced run)::
+trigger-free SGD phase, so pass ``--asgd-after 0`` to measure averaging from the first step. Example (what
+RESULTS.md records as a reduced run)::
 
     nice -n 10 python benchmarks/train_methods.py --epochs 1 --max-batches 150 --eval-lines 400 \\
         --methods dense,static,selfish --asgd-after 0
@@ -64,7 +65,9 @@ def parse_args(argv):
     p.add_argument("--out", default=str(REPO / "runs" / "bench-methods"), help="where the runs go")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown to append to")
     p.add_argument("--note", default="", help="free text for the results section (e.g. 'reduced run')")
-    p.add_argument("--dry-run", action="store_true", help="one batch per epoch and evaluation, nothing appended")
+    p.add_argument("--dry-run", action="store_true",
+                   help="one batch per epoch and evaluation, in a temporary directory (--out is not touched), "
+                        "nothing appended")
     return p.parse_args(argv)
 
 
@@ -84,13 +87,13 @@ def eval_subset(data_dir: str, corpus: str, lines: int, tmp: Path) -> str:
     return str(tmp)
 
 
-def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dict:
+def run_one(base: dict, method: str, optimizer: str, args, data_dir: str, root: Path) -> dict:
     from safetensors.torch import load_file
 
     from selfish_deploy.training.config import TrainConfig
     from selfish_deploy.training.trainer import train
 
-    out = Path(args.out) / f"{method}-{optimizer}"
+    out = root / f"{method}-{optimizer}"
     cfg = TrainConfig.from_dict({**base, "method": method, "optimizer": optimizer, "data_dir": data_dir,
                                  "out": str(out), "dry_run": args.dry_run, "log_interval": 10**9,
                                  **({"epochs": args.epochs} if args.epochs else {}),
@@ -99,16 +102,17 @@ def run_one(base: dict, method: str, optimizer: str, args, data_dir: str) -> dic
     t0 = time.time()
     results = previous_results(out, cfg)
     if results is None:
-        resume = (out / "checkpoint" / "state.json").exists() and not args.dry_run
+        resume = (out / "checkpoint" / "state.json").exists()
         if resume:
             log.info("resuming %s from its checkpoint", out)
-        results = train(cfg, resume=resume)["results"]
+        # Not resumable (stopped before its first checkpoint) but of this exact configuration: start over.
+        results = train(cfg, resume=resume, overwrite=not resume)["results"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["event"] == "epoch"]
     saved = load_file(str(out / "model.safetensors"))
-    masks = [t for k, t in saved.items() if k.startswith("mask.")]
-    density = sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
-    sizes = {k.removeprefix("mask."): t.numel() for k, t in saved.items() if k.startswith("mask.")}
+    masks = {k.removeprefix("mask."): t for k, t in saved.items() if k.startswith("mask.")}
+    sizes = {k: m.numel() for k, m in masks.items()}
+    density = sum(int(m.sum()) for m in masks.values()) / sum(sizes.values())
     return {"method": method, "optimizer": optimizer, "epochs": len(epochs), "steps": epochs[-1]["step"],
             "density": density, "train_density": mean_training_density(records, sizes),
             "val_ppl": results["val_ppl"], "test_ppl": results["test_ppl"],
@@ -124,7 +128,8 @@ def mean_training_density(records: list[dict], sizes: dict[str, int]) -> float:
     Sparse-to-sparse methods hold the final density throughout; GMP starts dense and prunes, so it spends
     more parameters (and, with sparse kernels, compute) for the same final density. Each topology or epoch
     record gives the density from its step until the next record's."""
-    points = sorted((r["step"], sum(d * sizes[k] for k, d in r["density"].items()) / sum(sizes.values()))
+    total_size = sum(sizes.values())
+    points = sorted((r["step"], sum(d * sizes[k] for k, d in r["density"].items()) / total_size)
                     for r in records if r["event"] in ("topology", "epoch"))
     if not points:
         return float("nan")
@@ -143,7 +148,7 @@ def previous_results(out: Path, cfg) -> dict | None:
     a CPU, so it is restartable: finished runs are read back, unfinished ones resume from their checkpoint).
     A run directory from another configuration is an error, never silently reused or overwritten."""
     path = out / "config.json"
-    if not path.exists() or cfg.dry_run:
+    if not path.exists():
         return None
     stored = json.loads(path.read_text())
     want = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_RECIPE}
@@ -333,7 +338,8 @@ def main(argv=None) -> int:
         for optimizer in ([] if args.overhead_only else optimizers):
             for method in methods:
                 log.info("=== %s / %s ===", method, optimizer)
-                rows.append(run_one(base, method, optimizer, args, data_dir))
+                root = Path(tmp) / "runs" if args.dry_run else Path(args.out)  # a dry run never touches --out
+                rows.append(run_one(base, method, optimizer, args, data_dir, root))
                 log.info("%s", rows[-1])
     text = table(rows) if rows else ""
     if args.overhead_reps > 0:

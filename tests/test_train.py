@@ -65,6 +65,18 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_an_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out, "--epochs", "1", "--dry-run") == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert train(data_dir, out, "--epochs", "1", "--dry-run", "--hidden", "12") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" in err and "Traceback" not in err
+    assert (out / "model.safetensors").read_bytes() == before  # untouched
+    assert train(data_dir, out, "--epochs", "1", "--dry-run", "--hidden", "12", "--overwrite") == 0
+    assert json.loads((out / "config.json").read_text())["model"]["hidden"] == 12
+
+
 def test_dense_method_has_full_masks(data_dir, tmp_path):
     assert train(data_dir, tmp_path / "dense", "--method", "dense", "--epochs", "1", "--dry-run") == 0
     run = load_run(tmp_path / "dense")

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="TOML", help="recipe file (or the name of a bundled recipe)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly from its checkpoint "
                    "(its config is used; only --epochs, --stop-after-epoch and --device may change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (without it, an existing run is never touched)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
@@ -105,7 +107,7 @@ def body(args: argparse.Namespace) -> int:
     from .trainer import train  # heavy imports after argument checks
 
     cfg, resume = resolve(args)
-    train(cfg, resume=resume)
+    train(cfg, resume=resume, overwrite=args.overwrite)
     return 0
 
 

@@ -86,8 +86,15 @@ class LoopState:
     best_val: float = math.inf
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train per ``cfg`` into ``cfg.out``; with ``resume`` continue exactly from its checkpoint."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train per ``cfg`` into ``cfg.out``; with ``resume`` continue exactly from its checkpoint.
+
+    A directory that already holds a run is only replaced with ``overwrite``: a repeated command must not
+    erase hours of training."""
+    out = Path(cfg.out)
+    if not (resume or overwrite) and ((out / "config.json").exists() or (out / "checkpoint").exists()):
+        raise UserError(f"{out} already holds a run; continue it with --resume {out}, replace it with "
+                        "--overwrite, or pass another --out")
     world, device = distributed.setup(resolve_device(cfg.device))
     try:
         return run(cfg, resume, world, device)
