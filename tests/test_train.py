@@ -75,6 +75,8 @@ def test_an_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path, ca
     assert (out / "model.safetensors").read_bytes() == before  # untouched
     assert train(data_dir, out, "--epochs", "1", "--dry-run", "--hidden", "12", "--overwrite") == 0
     assert json.loads((out / "config.json").read_text())["model"]["hidden"] == 12
+    assert train(data_dir, out, "--resume", str(out), "--overwrite") == 2
+    assert "pass only one" in capsys.readouterr().err
 
 
 def test_dense_method_has_full_masks(data_dir, tmp_path):

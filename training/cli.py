@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces one; pass only one of them")
     if args.resume:
         run_dir = Path(args.resume)
         saved = read_json(run_dir / "config.json").get("train")
