@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data"
+# The corpora beside the repository, or wherever SELFISH_DATA_DIR points (as for the loader).
+DATA_DIR = Path(os.environ.get("SELFISH_DATA_DIR") or REPO.parent / "shared" / "data")
 
 TINY_TRAIN_ARGS = ["--corpus", "ptb-tiny", "--arch", "lstm", "--layers", "2", "--hidden", "24", "--emb", "16",
                    "--density", "0.3", "--batch-size", "20", "--bptt", "20", "--seed", "7", "--log-interval", "1000"]

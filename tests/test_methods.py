@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,6 @@ from selfish_deploy.training.checkpoint import load_checkpoint, save_checkpoint
 from selfish_deploy.training.config import TrainConfig
 from selfish_deploy.training.methods import METHODS, get_method, topology
 
-DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 VOCAB = 50
 RECORD_KEYS = {"death_rate", "density", "gates", "removed", "grown"}
 
@@ -533,13 +531,11 @@ def test_cuda_masks_give_the_same_update_as_cpu(name):
 
 # -- end to end -----------------------------------------------------------------------------------
 
-def test_selfish_through_the_cli_logs_fixed_nnz_and_drifting_gates(tmp_path):
-    if not (DATA_DIR / "ptb-tiny" / "train.txt").is_file():
-        pytest.skip(f"corpora not found at {DATA_DIR}")
+def test_selfish_through_the_cli_logs_fixed_nnz_and_drifting_gates(data_dir, tmp_path):
     from selfish_deploy.training.cli import main
 
     out = tmp_path / "run"
-    argv = ["--corpus", "ptb-tiny", "--data-dir", str(DATA_DIR), "--method", "selfish", "--epochs", "2",
+    argv = ["--corpus", "ptb-tiny", "--data-dir", str(data_dir), "--method", "selfish", "--epochs", "2",
             "--hidden", "16", "--emb", "16", "--update-every", "20", "--density", "0.3", "--optimizer", "sgd",
             "--seed", "3", "--log-interval", "1000", "--out", str(out)]
     assert main(argv) == 0
