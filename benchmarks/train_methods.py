@@ -133,10 +133,10 @@ def mean_training_density(records: list[dict], sizes: dict[str, int]) -> float:
                     for r in records if r["event"] in ("topology", "epoch"))
     if not points:
         return float("nan")
-    total = points[-1][0]
+    last_step = points[-1][0]
     area = points[0][0] * points[0][1]  # before the first record: its density (nothing changed before it)
     area += sum((s1 - s0) * d0 for (s0, d0), (s1, _) in zip(points, points[1:]))
-    return area / total if total else points[0][1]
+    return area / last_step if last_step else points[0][1]
 
 
 # Fields that may differ between invocations of one benchmark run without changing what it trains.

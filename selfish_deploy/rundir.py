@@ -14,6 +14,7 @@ Tied weights are stored once (under ``encoder.weight``). Nothing is pickled.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,23 @@ from .vocab import Vocabulary
 RUN_FORMAT = "selfish-run"
 RUN_FORMAT_VERSION = 1
 MASK_PREFIX = "mask."
+# Everything training writes into a run directory (the layout above); nothing else there is ours.
+RUN_ENTRIES = ("config.json", "model.safetensors", "vocab.txt", "metrics.jsonl", "checkpoint", "plots")
+
+
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` has any part of a run in it (a finished one, or one stopped before its end)."""
+    return any((Path(path) / name).exists() for name in RUN_ENTRIES)
+
+
+def clear_run(path: Path) -> None:
+    """Delete a previous run's entries, and only those, so no stale checkpoint outlives a replacement."""
+    for name in RUN_ENTRIES:
+        entry = Path(path) / name
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> dict:

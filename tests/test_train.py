@@ -73,8 +73,12 @@ def test_an_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path, ca
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--overwrite" in err and "Traceback" not in err
     assert (out / "model.safetensors").read_bytes() == before  # untouched
+    (out / "checkpoint" / "stale").write_text("from the replaced run")
+    (out / "notes.txt").write_text("the user's, not the run's")
     assert train(data_dir, out, "--epochs", "1", "--dry-run", "--hidden", "12", "--overwrite") == 0
     assert json.loads((out / "config.json").read_text())["model"]["hidden"] == 12
+    assert not (out / "checkpoint" / "stale").exists()  # nothing of the old run survives a replacement
+    assert (out / "notes.txt").read_text() == "the user's, not the run's"
     assert train(data_dir, out, "--resume", str(out), "--overwrite") == 2
     assert "pass only one" in capsys.readouterr().err
 

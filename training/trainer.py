@@ -22,7 +22,8 @@ from selfish_deploy.data import batchify, get_batch, load_corpus
 from selfish_deploy.errors import UserError
 from selfish_deploy.masks import MaskRegistry
 from selfish_deploy.model import RNNLM, ModelConfig, repackage
-from selfish_deploy.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, read_json, save_weights, write_json
+from selfish_deploy.rundir import (RUN_FORMAT, RUN_FORMAT_VERSION, clear_run, holds_run, read_json, save_weights,
+                                   write_json)
 
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -91,9 +92,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     A directory that already holds a run is only replaced with ``overwrite``: a repeated command must not
     erase hours of training."""
-    out = Path(cfg.out)
-    if not (resume or overwrite) and ((out / "config.json").exists() or (out / "checkpoint").exists()):
-        raise UserError(f"{out} already holds a run; continue it with --resume {out}, replace it with "
+    if not (resume or overwrite) and holds_run(Path(cfg.out)):
+        raise UserError(f"{cfg.out} already holds a run; continue it with --resume {cfg.out}, replace it with "
                         "--overwrite, or pass another --out")
     world, device = distributed.setup(resolve_device(cfg.device))
     try:
@@ -133,6 +133,8 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         torch.manual_seed(cfg.seed + world.rank)  # dropout differs per rank; weights and masks do not
 
     if main:
+        if not resume:
+            clear_run(out)  # what an --overwrite replaces goes first, its checkpoint above all
         out.mkdir(parents=True, exist_ok=True)
     if resume:
         ckpt = load_checkpoint(out)
