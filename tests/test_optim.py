@@ -180,6 +180,10 @@ def test_sgd_keeps_annealing_and_momentum_is_passed():
         lr, anneal, weight_decay, nonmono, asgd_after = 2.0, 4.0, 0.0, 5, None
 
     assert isinstance(build_optimizer("snt-asgd", model, Cfg, {}, 0.9), SNTASGD)
+    assert build_optimizer("sgd", model, Cfg).param_groups[0]["momentum"] == 0.0  # no --momentum in Cfg
+    Cfg.momentum = 0.5
+    for name in ("sgd", "snt-asgd"):  # --momentum reaches both
+        assert build_optimizer(name, model, Cfg, {}).param_groups[0]["momentum"] == 0.5
 
 
 def read_metrics(path):

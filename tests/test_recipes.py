@@ -25,6 +25,7 @@ def test_recipe_loads_into_a_valid_config(path):
     assert load_recipe(path.stem) == values  # found by name too
     assert cfg.method in METHODS and cfg.optimizer in OPTIMIZERS
     assert cfg.batch_size % 2 == 0  # splits over two processes
+    assert (cfg.eval_batch_size, cfg.test_batch_size) == (20, 20)  # the authors' main.py, both recipes
 
 
 def test_stacked_lstm_recipe_is_the_papers():
@@ -34,6 +35,9 @@ def test_stacked_lstm_recipe_is_the_papers():
     assert (cfg.dropout, cfg.lr, cfg.weight_decay, cfg.clip, cfg.batch_size, cfg.bptt, cfg.epochs) == (
         0.65, 40.0, 1.2e-6, 0.25, 20, 35, 100)
     assert (cfg.density, cfg.seed, cfg.method, cfg.optimizer, cfg.nonmono) == (0.33, 1111, "selfish", "snt-asgd", 5)
+    # main.py: --eval_batch_size 20 for validation and test; no momentum; the authors' training order
+    assert (cfg.eval_batch_size, cfg.test_batch_size, cfg.momentum) == (20, 20, 0.0)
+    assert not (cfg.clip_masked_grad or cfg.regrow_exclude_dead) and cfg.update_every is None
     assert METHODS["selfish"](None, 1, cfg, None).initial_death_rate == 0.8  # --death-rate 0.8
 
 

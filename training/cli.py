@@ -12,7 +12,7 @@ from selfish_deploy.errors import UserError
 from selfish_deploy.model import ARCHS
 from selfish_deploy.rundir import read_json
 
-from .config import TrainConfig, load_recipe
+from .config import TrainConfig, load_recipe, upgrade_saved
 from .methods import METHODS
 from .optim import OPTIMIZERS
 
@@ -33,8 +33,10 @@ HELP = {
     "death_rate": "fraction of a tensor's non-zeros removed per topology update; unset: the method's own "
                   "(selfish 0.8 for LSTM else 0.5, set 0.3, rigl 0.3, snfs 0.5, dsr 0.1 as its target)",
     "death_rate_final": "selfish/snfs: the death rate anneals by a cosine down to this",
-    "update_every": "steps between topology updates; 0: once per epoch; unset: 100 for rigl and gmp, "
-                    "once per epoch for the others",
+    "update_every": "steps between topology updates inside an epoch; 0: once per epoch, after validation "
+                    "and the NT-ASGD trigger (the authors' order); unset: 100 for rigl and gmp, 0 for the others",
+    "regrow_exclude_dead": "selfish: never regrow a weight that died in the same update (the default, as the "
+                           "authors' code, draws among all zeros, just-died included, which keep their value)",
     "stop_fraction": "rigl: no topology updates after this fraction of the training steps",
     "gmp_start": "gmp: start pruning at this fraction of the training steps",
     "gmp_end": "gmp: reach the final --density at this fraction of the training steps",
@@ -44,10 +46,14 @@ HELP = {
     "asgd_after": "snt-asgd: start averaging after this epoch even if not triggered (0: from the first step)",
     "anneal": "sgd: divide the learning rate by this when validation does not improve",
     "clip": "gradient-norm clipping",
+    "clip_masked_grad": "clip the norm of the masked gradient (the default, as the authors' code, clips the "
+                        "dense gradient, then steps and re-applies the masks)",
+    "momentum": "SGD momentum for every method and both SNT-ASGD phases (the authors' code uses none)",
     "weight_decay": "L2 weight decay",
     "epochs": "epochs to train",
     "batch_size": "training batch size",
-    "eval_batch_size": "validation/test batch size",
+    "eval_batch_size": "validation batch size (and test, unless --test-batch-size)",
+    "test_batch_size": "test batch size; unset: --eval-batch-size",
     "bptt": "truncated back-propagation length",
     "seed": "random seed (weights, masks, dropout)",
     "device": "cpu, cuda or cuda:N",
@@ -99,7 +105,7 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         ignored = sorted(set(flags) - set(changeable))
         if ignored:
             log.warning("--resume uses the run's config; ignoring %s", ", ".join(ignored))
-        saved = {**saved, "stop_after_epoch": None}
+        saved = {**upgrade_saved(saved), "stop_after_epoch": None}
         return TrainConfig.from_dict({**saved, **changeable, "out": str(run_dir)}), True
     values = load_recipe(args.config) if args.config else {}
     return TrainConfig.from_dict({**TrainConfig().to_dict(), **values, **flags}), False

@@ -1,13 +1,21 @@
-"""Training configuration: defaults, then a TOML recipe, then command-line flags (kebab-case = key)."""
+"""Training configuration: defaults, then a TOML recipe, then command-line flags (kebab-case = key).
+
+Where the authors' code (Shiweiliuiiiiiii/Selfish-RNN) and ours differ, the default is theirs and our
+variant is a key/flag (issue 15): ``clip_masked_grad``, ``update_every``, ``regrow_exclude_dead``,
+``momentum``, ``eval_batch_size``/``test_batch_size``.
+"""
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from selfish_deploy.errors import UserError
 from selfish_deploy.model import ARCHS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,12 @@ class TrainConfig:
     distribution: str = "uniform"  # uniform | erk: how density is spread over tensors at init
     death_rate: float | None = None  # fraction of nnz a topology update removes; None: the method's own default
     death_rate_final: float = 0.005  # floor of the cosine-annealed death rate (Selfish-RNN, SNFS)
-    update_every: int | None = None  # steps between topology updates, 0: once per epoch; None: method default
+    # Steps between topology updates inside the epoch. 0: once per epoch, after validation, the checkpoint
+    # choice and the NT-ASGD trigger (main.py: mask.at_end_of_epoch); None: the method's default
+    # (0 for selfish/set/snfs/dsr, 100 for rigl and gmp).
+    update_every: int | None = None
+    regrow_exclude_dead: bool = False  # selfish: never regrow a weight that died in the same update (ours
+    # before issue 15); default: growth draws among all zeros after death, as sparse_rnn_core.random_growth
     stop_fraction: float = 0.75  # rigl: no topology updates past this fraction of the steps (Evci et al.)
     gmp_start: float = 0.1  # gmp: pruning starts at this fraction of the steps (Zhu & Gupta's t0)
     gmp_end: float = 0.75  # gmp: the final density is reached at this fraction of the steps
@@ -39,10 +52,15 @@ class TrainConfig:
     asgd_after: int | None = None  # snt-asgd: switch after this epoch at the latest (0: average from the start)
     anneal: float = 4.0  # sgd: divide lr by this when validation does not improve (word_language_model)
     clip: float = 0.25
+    clip_masked_grad: bool = False  # clip the masked gradient (ours before issue 15); default: the dense one,
+    # as main.py train() does (backward, clip_grad_norm_ over every gradient, then mask.step())
+    momentum: float = 0.0  # SGD momentum for every method: main.py builds torch.optim.SGD without any
+    # (its --momentum is never read) and Sparse_ASGD has none; 0.9 is what snfs was forced to before issue 15
     weight_decay: float = 0.0
     epochs: int = 40
     batch_size: int = 20
-    eval_batch_size: int = 10
+    eval_batch_size: int = 20  # validation batch size: main.py --eval_batch_size (RHN and stacked LSTM)
+    test_batch_size: int | None = None  # None: eval_batch_size, as main.py (one flag for both splits)
     bptt: int = 35
     # run
     seed: int = 1111
@@ -69,6 +87,10 @@ class TrainConfig:
                 raise UserError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(self, k)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.test_batch_size is not None and self.test_batch_size < 1:
+            raise UserError(f"--test-batch-size must be at least 1, got {self.test_batch_size}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.max_batches is not None and self.max_batches < 1:
             raise UserError(f"--max-batches must be at least 1, got {self.max_batches}")
         if self.nonmono < 0 or (self.asgd_after is not None and self.asgd_after < 0):
@@ -102,3 +124,16 @@ def load_recipe(path: str | Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path} is not valid TOML: {e}") from None
     return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def upgrade_saved(saved: dict) -> dict:
+    """A run config saved before issue 15 (no ``clip_masked_grad`` key) resumes with the training order it
+    started with where a key can say so: masked-gradient clipping, no regrowth of the just-died, momentum
+    0.9 for snfs. Its per-epoch topology updates ran on the epoch's last batch; resumed, they run after
+    validation (``--update-every`` would need the run's batches per epoch), so that is only warned about."""
+    if "clip_masked_grad" in saved:
+        return saved
+    log.warning("this run predates issue 15: resuming with its masked-gradient clipping%s; per-epoch topology "
+                "updates now run after validation", " and momentum 0.9" if saved.get("method") == "snfs" else "")
+    return {"clip_masked_grad": True, "regrow_exclude_dead": True,
+            "momentum": 0.9 if saved.get("method") == "snfs" else 0.0, **saved}

@@ -2,8 +2,9 @@
 
 Both expose ``on_epoch_end(val_loss) -> dict`` (metrics for the epoch record: ``lr``, ``phase``) and
 ``eval_weights()``, a context manager that puts the weights to evaluate and save into the model (SNT-ASGD
-swaps its masked averages in; plain SGD changes nothing). Both use momentum 0.9 when the sparse method
-asks for it (``needs_momentum``), none otherwise.
+swaps its masked averages in; plain SGD changes nothing). Both use ``--momentum`` (default 0, every
+method alike: the authors' ``main.py`` builds ``torch.optim.SGD(lr, weight_decay)`` and ``Sparse_ASGD`` has
+no momentum; issue 15).
 
 SNT-ASGD (Selfish-RNN, Liu et al. ICML 2021) is AWD-LSTM's non-monotonically triggered ASGD made
 mask-aware. Phase "sgd": plain SGD at ``--lr``; after each epoch the validation loss is appended to a
@@ -23,15 +24,18 @@ step counter zeroed while the weight is masked out, the average multiplied by th
 saving on the averages swapped in. Differences: (1) their counter (from ``torch.optim.ASGD``) copies the
 iterate into the average on a weight's first two alive steps, so it averages from the second step on; we
 average from the first (the exact running mean above). (2) A weight pruned and regrown in one update keeps
-its counter there; here it restarts like any regrown weight (see below). (3) Methods that need momentum
-(SNFS) keep it in the averaged phase; ``Sparse_ASGD`` has none.
+its counter there. Here so does Selfish-RNN's (it keeps its value too, as theirs), while the methods that
+regrow such a weight at 0.0 (SET, RigL, SNFS, DSR) restart it like any regrown weight (see below).
+(3) ``--momentum`` > 0 applies in the averaged phase too; ``Sparse_ASGD`` has none.
 
 Mask changes are noticed without help from the trainer: before every step (and before evaluating) each
 mask's identity and in-place version counter are compared with the last ones seen, and ages and averages
 of a changed tensor are re-synced: dead weights get age 0 and average 0; weights that are alive and were
 dead, or are alive and exactly 0.0, restart (age 0). The second rule catches a weight pruned and regrown
-in the same update (SNFS may regrow what it just removed): every method grows new weights at 0.0
-(``topology.grow_``), and this check runs before the next step moves them.
+at 0.0 in the same update (SNFS may regrow what it just removed): every method grows new weights at 0.0
+(``topology.grow_``), and this check runs before the next step moves them. A just-died weight that
+Selfish-RNN draws again keeps its value, so it keeps its age and average, as in ``Sparse_ASGD``, whose
+step counter only resets where the mask is 0.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import torch
 
 from selfish_deploy.errors import UserError
 
-MOMENTUM = 0.9  # for methods that read momentum (SNFS: Dettmers & Zettlemoyer 2019 use 0.9)
+MOMENTUM = 0.9  # Dettmers & Zettlemoyer's SNFS momentum: what --momentum 0.9 gives (snfs had it forced before)
 
 
 class AnnealedSGD(torch.optim.SGD):
@@ -241,8 +245,11 @@ class SNTASGD(torch.optim.SGD):
 OPTIMIZERS = ("snt-asgd", "sgd")
 
 
-def build_optimizer(name: str, model: torch.nn.Module, config, masks=None, momentum: float = 0.0):
-    """The optimizer ``name`` over ``model``'s parameters; ``masks`` (name -> bool tensor, live) for SNT-ASGD."""
+def build_optimizer(name: str, model: torch.nn.Module, config, masks=None, momentum: float | None = None):
+    """The optimizer ``name`` over ``model``'s parameters; ``masks`` (name -> bool tensor, live) for SNT-ASGD;
+    ``momentum`` None: ``config.momentum`` (0 when the config has none)."""
+    if momentum is None:
+        momentum = getattr(config, "momentum", 0.0)
     if name == "sgd":
         return AnnealedSGD(model.parameters(), lr=config.lr, anneal=config.anneal,
                            weight_decay=config.weight_decay, momentum=momentum)

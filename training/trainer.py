@@ -1,5 +1,13 @@
 """The training loop, top to bottom: data, model, masks, method, optimizer, epochs, checkpoints, test.
 
+The order follows the authors' code (Selfish-RNN ``main.py``; issue 15). Per batch: backward,
+``clip_grad_norm_`` over the dense gradients, optimizer step, masks re-applied (their ``train()`` and
+``Masking.step``). Per epoch: validate (on the SNT-ASGD averages), keep the best weights, the optimizer's
+epoch end (NT-ASGD trigger or plateau anneal), and only then the per-epoch topology update (their
+``mask.at_end_of_epoch``, skipped in the epoch that switches to averaging, as theirs), then the checkpoint,
+which so holds the updated topology an exact resume continues from. ``--clip-masked-grad`` and
+``--update-every N`` keep our earlier order.
+
 Under ``torchrun`` every rank runs this same loop on its own batch columns (see ``training.distributed``);
 only rank 0 writes the run directory.
 """
@@ -30,7 +38,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import TrainConfig
 from .distributed import World
 from .methods import get_method
-from .optim import MOMENTUM, build_optimizer
+from .optim import build_optimizer
 from .plots import plot_run
 
 log = logging.getLogger(__name__)
@@ -110,11 +118,8 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
     # This rank's batch columns; evaluation columns are split too when they divide evenly.
     train_data = batchify(corpus.train, cfg.batch_size)[:, distributed.columns(cfg.batch_size, world)]
     train_data = train_data.contiguous().to(device)  # (T, B / world)
-    shard_eval = cfg.eval_batch_size % world.size == 0
-    eval_cols = distributed.columns(cfg.eval_batch_size, world) if shard_eval else slice(None)
-    eval_world = world if (world.enabled and shard_eval) else None
-    val_data = batchify(corpus.valid, cfg.eval_batch_size)[:, eval_cols].contiguous().to(device)
-    test_data = batchify(corpus.test, cfg.eval_batch_size)[:, eval_cols].contiguous().to(device)
+    val_data, val_world = eval_split(corpus.valid, cfg.eval_batch_size, world, device)
+    test_data, test_world = eval_split(corpus.test, cfg.test_batch_size or cfg.eval_batch_size, world, device)
 
     model_cfg = ModelConfig(arch=cfg.arch, vocab_size=len(corpus.vocab), emb=cfg.emb, hidden=cfg.hidden,
                             layers=cfg.layers, dropout=cfg.dropout, tie_weights=cfg.tie_weights)
@@ -124,10 +129,11 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
     topology_rng = torch.Generator().manual_seed(cfg.seed)  # masks are drawn on the CPU: same on any device
     start_density = 1.0 if (method_cls.dense or getattr(method_cls, "initial_density_one", False)) else cfg.density
     masks = MaskRegistry(model, start_density, cfg.distribution, topology_rng, arch=cfg.arch)
-    steps_per_epoch = min(math.ceil((train_data.size(0) - 1) / cfg.bptt), cfg.max_batches or math.inf)
+    starts = list(range(0, train_data.size(0) - 1, cfg.bptt))[: 1 if cfg.dry_run else cfg.max_batches]
+    steps_per_epoch = len(starts)
     method = method_cls(masks, steps_per_epoch * cfg.epochs, cfg, topology_rng)
-    momentum = MOMENTUM if getattr(method_cls, "needs_momentum", False) else 0.0
-    optimizer = build_optimizer(cfg.optimizer, model, cfg, None if method_cls.dense else masks.masks, momentum)
+    # --momentum for every method alike (SNFS's growth signal is its own gradient mean)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg, None if method_cls.dense else masks.masks)
     loop = LoopState()
     if world.enabled:
         torch.manual_seed(cfg.seed + world.rank)  # dropout differs per rank; weights and masks do not
@@ -178,12 +184,21 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
     params = list(model.parameters())
     sparse = not method_cls.dense
     max_batches = 1 if cfg.dry_run else None  # per evaluation
+
+    def topology_changed(update: dict, epoch: int) -> None:
+        if world.enabled:  # rank 0 decides (ranks agree anyway; this rules out broken ties)
+            distributed.broadcast_masks(masks.masks, world)
+            masks.apply_()
+        masks.mask_momentum_(optimizer)  # a regrown weight starts at rest, not with a stale push
+        metrics.write({"event": "topology", "epoch": epoch, "step": loop.step,
+                       "lr": optimizer.param_groups[0]["lr"], "phase": getattr(optimizer, "phase", "sgd"),
+                       **update})
+
     while loop.epoch < cfg.epochs:
         epoch = loop.epoch + 1
         model.train()
         state = model.init_hidden(train_data.size(1))
         t0, total_loss, n_batches, step_times = time.time(), 0.0, 0, []
-        starts = list(range(0, train_data.size(0) - 1, cfg.bptt))[: 1 if cfg.dry_run else cfg.max_batches]
         bar = tqdm(starts, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=None if main else True)
         for i in bar:
@@ -195,23 +210,23 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
             loss.backward()
             distributed.average_gradients(params, world)  # before the method reads gradients
-            method.before_step(loop.step)
-            if sparse:  # a dense method's masks are all ones: nothing to zero (saves ~15% of a step)
-                masks.mask_grads_()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            if cfg.clip_masked_grad:  # ours before issue 15: the norm of the masked gradient
+                method.before_step(loop.step)
+                if sparse:
+                    masks.mask_grads_()
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            else:  # main.py train(): clip_grad_norm_ over every (dense) gradient, then mask.step()
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                method.before_step(loop.step)  # the gradient the step uses (theirs reads it after the clip)
+                if sparse:  # same step as theirs, whose apply_mask zeroes dead weights and momentum after it;
+                    masks.mask_grads_()  # a dense method's masks are all ones: nothing to zero
             optimizer.step()
             if sparse:
                 masks.apply_()
             loop.step += 1
-            update = method.after_step(loop.step)
+            update = method.after_step(loop.step)  # --update-every N only
             if update is not None:
-                if world.enabled:  # rank 0 decides (ranks agree anyway; this rules out broken ties)
-                    distributed.broadcast_masks(masks.masks, world)
-                    masks.apply_()
-                masks.mask_momentum_(optimizer)  # a regrown weight starts at rest, not with a stale push
-                metrics.write({"event": "topology", "epoch": epoch, "step": loop.step,
-                               "lr": optimizer.param_groups[0]["lr"], "phase": getattr(optimizer, "phase", "sgd"),
-                               **update})
+                topology_changed(update, epoch)
             total_loss += loss.item()
             n_batches += 1
             step_times.append(time.perf_counter() - t_step)
@@ -225,7 +240,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         total_loss, n_seen = distributed.all_sum([total_loss, n_batches], world, device)
         train_loss = total_loss / n_seen
         with optimizer.eval_weights():  # SNT-ASGD: the masked averages
-            val_loss = evaluate(model, val_data, cfg.bptt, max_batches, eval_world)
+            val_loss = evaluate(model, val_data, cfg.bptt, max_batches, val_world)
             improved = val_loss < loop.best_val
             if improved:
                 loop.best_val = val_loss
@@ -246,6 +261,11 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                            "reason": switch, "lr": optimizer.param_groups[0]["lr"]})
             log.info("switching to masked averaging (SNT-ASGD, %s) after epoch %d at lr %g", switch, epoch,
                      optimizer.param_groups[0]["lr"])
+        # The per-epoch topology update comes after validation, the best checkpoint and the trigger (main.py:
+        # mask.at_end_of_epoch last; not in the epoch that switches to Sparse_ASGD, whose branch is skipped).
+        update = None if switch else method.at_epoch_end(loop.step)
+        if update is not None:
+            topology_changed(update, epoch)
         if world.enabled:
             digests = distributed.check_in_sync({
                 **dict(model.named_parameters()), **{"mask." + n: m for n, m in masks.masks.items()},
@@ -272,8 +292,8 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
 
     distributed.barrier(world)
     best = load_run(out).build_model().to(device)
-    test_loss = evaluate(best, test_data, cfg.bptt, max_batches, eval_world)
-    val_loss = evaluate(best, val_data, cfg.bptt, max_batches, eval_world)
+    test_loss = evaluate(best, test_data, cfg.bptt, max_batches, test_world)
+    val_loss = evaluate(best, val_data, cfg.bptt, max_batches, val_world)
     results = {"val_ppl": math.exp(val_loss), "test_ppl": math.exp(test_loss), "epochs": loop.epoch,
                "steps": loop.step}
     metrics.write({"event": "test", **results})
@@ -283,6 +303,15 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         plot_run(metrics.records, out / "plots")
     log.info("done: best validation ppl %.2f, test ppl %.2f -> %s", results["val_ppl"], results["test_ppl"], out)
     return run_config
+
+
+def eval_split(tokens: torch.Tensor, batch_size: int, world: World,
+               device: torch.device) -> tuple[torch.Tensor, World | None]:
+    """``tokens`` batchified for evaluation (T, B), this rank's columns when ``batch_size`` splits evenly over
+    the ranks (then the world to sum over), else all of them on every rank (and no world)."""
+    shard = world.enabled and batch_size % world.size == 0
+    cols = distributed.columns(batch_size, world) if shard else slice(None)
+    return batchify(tokens, batch_size)[:, cols].contiguous().to(device), (world if shard else None)
 
 
 def gate_report(masks: MaskRegistry) -> dict[str, list[float]]:

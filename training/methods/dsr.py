@@ -32,9 +32,7 @@ class DSR(SparseMethod):
         super().__init__(masks, total_steps, config, generator)
         self.threshold = INITIAL_THRESHOLD
 
-    def after_step(self, step: int) -> dict | None:
-        if not self.is_update_step(step):
-            return None
+    def update(self, step: int) -> dict | None:
         return self.rewire()
 
     @torch.no_grad()

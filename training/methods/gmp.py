@@ -6,7 +6,8 @@ are pruned, never regrown, following the cubic schedule in sparsity ``s = 1 - de
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n dt))^3,   s_i = 0,  s_f = 1 - final density
 
 with ``t0 = round(--gmp-start * total_steps)``, ``t0 + n dt = round(--gmp-end * total_steps)`` and a
-prune every ``--update-every`` steps (default 100; 0: per epoch) from ``t0``, plus one at ``t0 + n dt``.
+prune every ``--update-every`` steps (default 100; 0: every epoch's worth of steps,
+in the loop: GMP's schedule is in steps) from ``t0``, plus one at ``t0 + n dt``.
 In integers, tensor ``n`` with ``numel`` weights and final count ``f = max(1, round(d_n * numel))`` (``d_n``
 from ``--density`` and ``--distribution``, as ``MaskRegistry`` computes it) keeps after the prune at
 step ``t``::
@@ -34,6 +35,7 @@ class GMP(SparseMethod):
     name = "gmp"
     initial_density_one = True
     default_update_every = 100
+    per_epoch = False  # the schedule is in steps: --update-every 0 prunes every epoch's worth of steps, in the loop
 
     def __init__(self, masks, total_steps, config, generator):
         super().__init__(masks, total_steps, config, generator)
@@ -64,9 +66,7 @@ class GMP(SparseMethod):
             return True
         return self.start <= step < self.end and (step - self.start) % self.update_every == 0
 
-    def after_step(self, step: int) -> dict | None:
-        if not self.is_update_step(step):
-            return None
+    def update(self, step: int) -> dict | None:
         return self.prune(step)
 
     @torch.no_grad()

@@ -8,8 +8,10 @@ in RigL's code) grow at zero. The drop fraction decays as in the paper,
 ``T_end = stop_fraction * total_steps``.
 
 The gradient is the dense one of the batch whose step triggers the update: ``before_step`` copies
-``|p.grad|`` (the loop masks gradients right after it) only when the coming step is an update step,
-and ``after_step`` uses and drops it, so nothing needs checkpointing.
+``|p.grad|`` (the loop masks gradients right after it) only when an update follows the coming step,
+and the update uses and drops it. With ``--update-every 0`` the update runs at the end of the epoch,
+after validation, on the last batch's gradients. Nothing needs checkpointing: the copy lives from an
+update's batch to that update, and checkpoints are written after the epoch's update.
 """
 
 from __future__ import annotations
@@ -35,15 +37,15 @@ class RigL(SparseMethod):
     def stop_step(self) -> int:
         return int(self.config.stop_fraction * self.total_steps)
 
-    def is_update_step(self, step: int) -> bool:
-        return super().is_update_step(step) and step <= self.stop_step
+    def update_allowed(self, step: int) -> bool:
+        return super().update_allowed(step) and step <= self.stop_step
 
     def death_rate(self, step: int) -> float:
         return topology.cosine_death_rate(step, self.stop_step, self.initial_death_rate, 0.0)
 
     @torch.no_grad()
     def before_step(self, step: int) -> None:
-        if self.is_update_step(step + 1):
+        if self.update_follows(step + 1):  # in the loop or (--update-every 0) at this epoch's end
             self.store_gradients()
 
     @torch.no_grad()
@@ -54,9 +56,7 @@ class RigL(SparseMethod):
             for n, p in self.masks.params.items()
         }
 
-    def after_step(self, step: int) -> dict | None:
-        if not self.is_update_step(step):
-            return None
+    def update(self, step: int) -> dict | None:
         return self.rewire(self.death_rate(step))
 
     @torch.no_grad()

@@ -26,9 +26,7 @@ class SET(SparseMethod):
     name = "set"
     default_death_rate = 0.3
 
-    def after_step(self, step: int) -> dict | None:
-        if not self.is_update_step(step):
-            return None
+    def update(self, step: int) -> dict | None:
         return self.rewire(self.initial_death_rate)
 
     @torch.no_grad()
