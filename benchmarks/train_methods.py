@@ -260,7 +260,7 @@ def overhead(base: dict, methods: list[str], reps: int, vocab_size: int = 10000)
         mask_ms = median_ms(lambda: (masks.mask_grads_(), masks.apply_()), reps)
         before_ms = median_ms(lambda: method.before_step(0), reps)  # a step with no update after it
         update_step = every * max(1, int(0.2 * cfg.epochs * steps_per_epoch / every))  # early: GMP prunes
-        update_ms = median_ms(lambda: (method.before_step(update_step - 1), method.after_step(update_step)),
+        update_ms = median_ms(lambda: (method.before_step(update_step - 1), method.update(update_step)),
                                max(3, reps // 4))
         momentum = MOMENTUM if getattr(cls, "needs_momentum", False) else 0.0
         plain = AnnealedSGD(model.parameters(), lr=1e-6, anneal=1.0, momentum=momentum)
