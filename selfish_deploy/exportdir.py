@@ -8,13 +8,21 @@
       vocab.txt            one token per line
       export_report.json   sizes and densities per tensor, file sizes (``selfish-inspect`` prints it)
       model.onnx           with ``--onnx``: the same model as an ONNX graph (see export/onnx_graph.py)
+      README.md            the model card (selfish_deploy.hub.card); plots/  the run's plots
+      manifest.json        sha256 and size of every other file, checked by ``load_export``
 
 A matrix at density 1.0 is stored dense (CSR would only add indices). Tied weights are stored once.
+
+The manifest is what catches a ``model.safetensors`` whose bytes changed inside a tensor, which still parses:
+a mismatch in a file the model is built from is an error, one in the documentation (card, plots, report,
+which people edit on the Hub) a warning. Dot-files (``.gitattributes`` from the Hub, ``.cache/``) are not ours.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +39,12 @@ from .vocab import Vocabulary
 EXPORT_FORMAT = "selfish-export"
 EXPORT_FORMAT_VERSION = 1
 CSR_PARTS = ("crow_indices", "col_indices", "values")
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "selfish-export-manifest"
+# Files the model is built from: a manifest mismatch in any of these refuses the directory.
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.txt", "model.onnx")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +94,7 @@ def save_export(model: ExportedModel, out_dir: str | Path) -> Path:
     tmp.replace(out / "model.safetensors")
     write_json(out / "config.json", model.config)
     model.vocab.save(out / "vocab.txt")
+    write_manifest(out)
     return out
 
 
@@ -138,6 +153,7 @@ def load_export(path: str | Path) -> ExportedModel:
         except (KeyError, ValueError, TypeError) as e:
             raise UserError(f"{st}: tensor {n} is corrupt: {e}") from None
     _check_shapes(model, st)
+    verify_manifest(path)  # last: a file that does not even parse gets the more precise message above
     return model
 
 
@@ -163,3 +179,79 @@ def read_report(path: str | Path) -> dict:
 
 def write_report(path: str | Path, report: dict) -> None:
     write_json(Path(path) / "export_report.json", report)
+
+
+# --- manifest -------------------------------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_files(path: str | Path) -> list[str]:
+    """Relative paths of the files the manifest covers: everything but itself and dot-files, sorted."""
+    root = Path(path)
+    out = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and rel.as_posix() != MANIFEST_FILE and not any(s.startswith(".") for s in rel.parts) \
+                and not rel.name.endswith(".tmp"):
+            out.append(rel.as_posix())
+    return sorted(out)
+
+
+def write_manifest(path: str | Path) -> dict:
+    """Write ``manifest.json`` over the files now in ``path``; call it after the last file is written."""
+    root = Path(path)
+    files = {name: {"sha256": sha256_file(root / name), "size": (root / name).stat().st_size}
+             for name in export_files(root)}
+    manifest = {"format": MANIFEST_FORMAT, "format_version": 1, "algorithm": "sha256", "files": files}
+    write_json(root / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _read_manifest(path: Path) -> dict | None:
+    where = path / MANIFEST_FILE
+    if not where.is_file():
+        return None
+    manifest = read_json(where)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+        raise UserError(f"{where} is not a selfish-deploy manifest")
+    for name, entry in files.items():
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or not isinstance(entry, dict) \
+                or not isinstance(entry.get("sha256"), str):
+            raise UserError(f"{where}: invalid entry {name!r}")
+    return files
+
+
+def verify_manifest(path: str | Path) -> None:
+    """Check every file against ``manifest.json``: ``UserError`` naming a changed model file, warnings else.
+
+    An export written before manifests existed loads with a warning (``selfish-export --refresh`` adds one).
+    """
+    root = Path(path)
+    files = _read_manifest(root)
+    if files is None:
+        log.warning("%s has no %s (an export from before manifests): its files cannot be checked for "
+                    "corruption; `selfish-export --refresh %s` adds one", root, MANIFEST_FILE, root)
+        return
+    for name in MODEL_FILES:
+        if name not in files and (root / name).is_file():
+            raise UserError(f"{root / name} is not listed in {MANIFEST_FILE}: it was added after export")
+    for name, entry in files.items():
+        problem = None
+        if not (root / name).is_file():
+            problem = f"{name} is listed in {MANIFEST_FILE} but missing"
+        elif (root / name).stat().st_size != entry.get("size", (root / name).stat().st_size) or \
+                sha256_file(root / name) != entry["sha256"]:
+            problem = (f"{name} does not match its sha256 in {MANIFEST_FILE}: the file is corrupted or was "
+                       "changed after export")
+        if problem and name in MODEL_FILES:
+            raise UserError(f"{root}: {problem}; re-download or re-export it")
+        if problem:
+            log.warning("%s: %s (documentation only: the model is unaffected)", root, problem)

@@ -252,6 +252,7 @@ class HubHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.server.hub.requests.append((self.command, self.path))
+        self.server.hub.tokens.append(self.headers.get("Authorization"))
         try:
             body = self._read_body()  # always drained, or the next request on this connection breaks
             for method, pattern, name in ROUTES:
@@ -443,6 +444,7 @@ class HubServer:
     def __init__(self, store: HubStore | None = None, host: str = "127.0.0.1", port: int = 0):
         self.store = store or HubStore()
         self.requests: list[tuple[str, str]] = []  # (method, raw path with query), for assertions
+        self.tokens: list[str | None] = []  # the Authorization header of each request (never checked here)
         self._httpd = _Server((host, port), HubHandler)
         self._httpd.hub = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)

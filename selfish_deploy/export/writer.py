@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 
 from ..csr import CSR, DTYPES
 from ..errors import UserError
-from ..exportdir import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, ExportedModel, save_export, write_report
+from ..exportdir import (EXPORT_FORMAT, EXPORT_FORMAT_VERSION, ExportedModel, load_export, save_export,
+                         write_manifest, write_report)
+from ..hub.card import DEFAULT_LICENSE, write_card
 from ..rundir import Run, load_run
 from .onnx_graph import ONNX_FILE, build_onnx, onnx_summary, save_onnx
 
@@ -145,8 +148,13 @@ def format_report(report: dict) -> str:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", onnx: bool = False,
-               onnx_sparse: bool = False) -> dict:
-    """Write the export directory for ``run_dir`` (``model.onnx`` too with ``onnx``); return its size report."""
+               onnx_sparse: bool = False, repo_id: str | None = None, speed: dict | None = None,
+               license: str = DEFAULT_LICENSE) -> dict:
+    """Write the export directory for ``run_dir`` (``model.onnx`` too with ``onnx``); return its size report.
+
+    The directory is a complete Hub repository: model files, the run's ``plots/``, the ``README.md`` card
+    (``repo_id`` for its snippets, ``speed`` rows from ``read_speed_report``) and, written last, the manifest.
+    """
     model = build_export(run_dir, dtype)
     onnx_model = None
     if onnx or onnx_sparse:
@@ -159,5 +167,35 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", on
         log.info("removed the stale %s from %s", ONNX_FILE, out)
     report = size_report(model, out)
     write_report(out, report)
+    copy_plots(Path(run_dir), out)
+    write_card(out, model, report, repo_id, speed, license)
+    write_manifest(out)
     log.info("exported %s -> %s (%.2fx smaller than dense fp32)", run_dir, out, report["compression_ratio"])
     return report
+
+
+def copy_plots(run_dir: Path, out: Path) -> None:
+    """The run's ``plots/*.png`` into ``out/plots/``, replacing plots of an earlier export there."""
+    if (out / "plots").is_dir():
+        shutil.rmtree(out / "plots")
+    pngs = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
+    for png in pngs:
+        (out / "plots").mkdir(exist_ok=True)
+        shutil.copy2(png, out / "plots" / png.name)
+
+
+def refresh_export(export_dir: str | Path, repo_id: str | None = None, speed: dict | None = None,
+                   license: str = DEFAULT_LICENSE) -> Path:
+    """Write the card and the manifest of an existing export anew; its model files are checked, not changed.
+
+    Upgrades an export made before cards and manifests, or re-renders the card with a speed report.
+    """
+    out = Path(export_dir)
+    model = load_export(out)  # checks the current manifest, if any, before it is replaced
+    report = size_report(model, out)
+    if not (out / "export_report.json").is_file():
+        write_report(out, report)
+    write_card(out, model, report, repo_id, speed, license)
+    write_manifest(out)
+    log.info("refreshed the card and manifest of %s", out)
+    return out
