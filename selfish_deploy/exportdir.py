@@ -106,8 +106,11 @@ def _check_format(where: str, fmt, version) -> None:
                         f"(this version reads {EXPORT_FORMAT_VERSION})")
 
 
-def load_export(path: str | Path) -> ExportedModel:
-    """Read and validate an export directory; every problem is a ``UserError`` naming the file."""
+def load_export(path: str | Path, verify: bool = True) -> ExportedModel:
+    """Read and validate an export directory; every problem is a ``UserError`` naming the file.
+
+    ``verify=False`` skips the manifest check (for ``refresh_export``, which checks it its own way).
+    """
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"export directory not found: {path}")
@@ -153,7 +156,8 @@ def load_export(path: str | Path) -> ExportedModel:
         except (KeyError, ValueError, TypeError) as e:
             raise UserError(f"{st}: tensor {n} is corrupt: {e}") from None
     _check_shapes(model, st)
-    verify_manifest(path)  # last: a file that does not even parse gets the more precise message above
+    if verify:
+        verify_manifest(path)  # last: a file that does not even parse gets the more precise message above
     return model
 
 
@@ -229,10 +233,11 @@ def _read_manifest(path: Path) -> dict | None:
     return files
 
 
-def verify_manifest(path: str | Path) -> None:
+def verify_manifest(path: str | Path, allow_unlisted: bool = False) -> None:
     """Check every file against ``manifest.json``: ``UserError`` naming a changed model file, warnings else.
 
     An export written before manifests existed loads with a warning (``selfish-export --refresh`` adds one).
+    A model file the manifest does not list (a ``model.onnx`` added later) is refused unless ``allow_unlisted``.
     """
     root = Path(path)
     files = _read_manifest(root)
@@ -241,8 +246,9 @@ def verify_manifest(path: str | Path) -> None:
                     "corruption; `selfish-export --refresh %s` adds one", root, MANIFEST_FILE, root)
         return
     for name in MODEL_FILES:
-        if name not in files and (root / name).is_file():
-            raise UserError(f"{root / name} is not listed in {MANIFEST_FILE}: it was added after export")
+        if name not in files and (root / name).is_file() and not allow_unlisted:
+            raise UserError(f"{root / name} is not listed in {MANIFEST_FILE}: it was added after export "
+                            f"(`selfish-export --refresh {root}` records it)")
     for name, entry in files.items():
         problem = None
         if not (root / name).is_file():

@@ -318,9 +318,16 @@ def test_manifest_covers_every_file_and_is_strict_only_for_model_files(export_a,
         load_export(export_a)
     (export_a / "vocab.txt").write_text(vocab)
     load_export(export_a)
-    (export_a / "model.onnx").write_bytes(b"not from this export")
+    from selfish_deploy.export.onnx_graph import build_onnx, save_onnx
+
+    save_onnx(build_onnx(load_export(export_a)), export_a / "model.onnx")  # added to an existing export
     with pytest.raises(UserError, match="model.onnx is not listed in manifest.json"):
         load_export(export_a)
+    assert export_main(["--refresh", str(export_a)]) == 0  # records it (the listed files are checked first)
+    assert "model.onnx" in json.loads((export_a / MANIFEST_FILE).read_text())["files"]
+    load_export(export_a)
+    (export_a / "config.json").write_text((export_a / "config.json").read_text() + " ")
+    assert export_main(["--refresh", str(export_a)]) == 2  # a changed model file is never re-recorded
 
 
 def test_edited_card_warns_and_manifest_less_export_loads_with_a_warning(export_a, caplog):

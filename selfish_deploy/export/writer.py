@@ -17,7 +17,7 @@ import torch
 from ..csr import CSR, DTYPES
 from ..errors import UserError
 from ..exportdir import (EXPORT_FORMAT, EXPORT_FORMAT_VERSION, ExportedModel, load_export, save_export,
-                         write_manifest, write_report)
+                         verify_manifest, write_manifest, write_report)
 from ..hub.card import DEFAULT_LICENSE, write_card
 from ..rundir import Run, load_run
 from .onnx_graph import ONNX_FILE, build_onnx, onnx_summary, save_onnx
@@ -188,10 +188,12 @@ def refresh_export(export_dir: str | Path, repo_id: str | None = None, speed: di
                    license: str = DEFAULT_LICENSE) -> Path:
     """Write the card and the manifest of an existing export anew; its model files are checked, not changed.
 
-    Upgrades an export made before cards and manifests, or re-renders the card with a speed report.
+    Upgrades an export made before cards and manifests, re-renders the card (with a speed report, say), or
+    records a ``model.onnx`` added to the directory later.
     """
     out = Path(export_dir)
-    model = load_export(out)  # checks the current manifest, if any, before it is replaced
+    model = load_export(out, verify=False)
+    verify_manifest(out, allow_unlisted=True)  # listed files unchanged; a model.onnx added since is recorded
     report = size_report(model, out)
     if not (out / "export_report.json").is_file():
         write_report(out, report)
