@@ -14,7 +14,8 @@ Store layout::
 Implemented: resolve (HEAD/GET, Range -> 206, revisions URL-encoded or not), repo/model/dataset info, tree,
 refs, branch and tag creation, create/delete repo, validate-yaml, preupload (always ``regular``), NDJSON commit
 (files, deletedFile, deletedFolder), whoami. Not implemented: LFS/Xet uploads, pull requests, pagination,
-chunked request bodies, auth (any token, or none, is accepted; private repos are readable by everyone).
+chunked request bodies, auth (any token, or none, is accepted; private repos are readable by everyone; the
+``Authorization`` header of every request is recorded in ``HubServer.tokens`` for assertions).
 
 One file past 400 lines on purpose: store, routes and server are only used together, and a single module is
 what conftest and other test modules import.

@@ -154,6 +154,13 @@ def test_save_pretrained_and_push_to_hub_on_a_loaded_model(hub_endpoint, hub_ser
     pulled.save_pretrained(tmp_path / "again", push_to_hub=True, repo_id="bob/again")
     assert local_files(tmp_path / "again") == local_files(export_a)
     assert hub_server.store.files("bob/again") == hub_server.store.files("bob/copy")
+    # a model with no directory behind it (built in memory) is written with a card and a manifest
+    lm.exported.path = None
+    lm.save_pretrained(tmp_path / "fresh")
+    fresh = load_export(tmp_path / "fresh")
+    assert {"README.md", MANIFEST_FILE} <= set(os.listdir(tmp_path / "fresh"))
+    assert all(fresh.sparse[n].nnz == c.nnz for n, c in load_export(export_a).sparse.items())
+    assert SparseLM.load(tmp_path / "fresh").score(TEXT).logprobs == SparseLM.load(export_a).score(TEXT).logprobs
 
 
 def test_a_local_path_wins_over_a_hub_id(hub_endpoint, hub_server, export_a, export_b, tmp_path, monkeypatch):

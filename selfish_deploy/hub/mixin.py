@@ -56,6 +56,7 @@ class HubMixin:
             save_export(self.exported, out)
             write_card(out, self.exported, size_report(self.exported, out))
             write_manifest(out)
+        log.info("saved the export directory to %s", out)
         if push_to_hub:
             return self.push_to_hub(repo_id or out.name, **push_to_hub_kwargs)
         return None
