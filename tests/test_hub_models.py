@@ -88,7 +88,9 @@ def test_push_then_pull_is_byte_identical(hub_endpoint, hub_server, export_a, ca
     assert (commit.oid, commit.summary) == (oid, "first export")
     assert len([m for m, p in hub_server.requests if m == "POST" and "/commit/" in p]) == 1  # one commit
 
+    hub_server.tokens.clear()
     snapshot = resolve_export(REPO_ID)
+    assert set(hub_server.tokens) == {f"Bearer {os.environ['HF_TOKEN']}"}  # HF_TOKEN, read at call time
     assert snapshot != export_a and local_files(snapshot) == local_files(export_a)
     assert Path(constants.HF_HUB_CACHE) in snapshot.parents  # the standard cache (HF_HOME of the test)
     pulled, local = SparseLM.from_pretrained(REPO_ID), SparseLM.load(export_a)
