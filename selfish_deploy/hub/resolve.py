@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from huggingface_hub import constants, hf_hub_download, snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError
 
 from ..errors import UserError
 from ..exportdir import EXPORT_FORMAT
@@ -63,7 +64,7 @@ def resolve_export(spec: str | Path, revision: str | None = None, *, token: str 
         return download_export(repo_id, revision or pinned, token=token, cache_dir=cache_dir,
                                force_download=force_download, local_files_only=local_files_only)
     except UserError as e:
-        if "repository not found" in str(e):  # perhaps a mistyped local path
+        if isinstance(e.__cause__, RepositoryNotFoundError):  # perhaps a mistyped local path
             raise UserError(f"{e}; there is no local directory {spec} either") from e.__cause__
         raise
 
