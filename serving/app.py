@@ -10,8 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from selfish_deploy.runtime import SparseLM
-from selfish_deploy.vocab import EOS
+from selfish_deploy.runtime import SamplingParams, SparseLM
 
 from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, Health, ScoreRequest, ScoreResponse
 
@@ -59,10 +58,10 @@ def create_app(lm: SparseLM, model_name: str) -> FastAPI:
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS)
     async def generate(req: GenerateRequest) -> GenerateResponse:
-        tokens = await run_in_threadpool(lm.generate, req.prompt, req.max_new_tokens, req.temperature,
-                                         req.top_k, req.top_p, req.seed, req.stop_at_eos)
-        text = " ".join(tokens).replace(f" {EOS} ", "\n").replace(EOS, "\n").strip(" ")
-        return GenerateResponse(text=text, tokens=tokens,
+        params = SamplingParams(max_tokens=req.max_new_tokens, temperature=req.temperature, top_k=req.top_k,
+                                top_p=req.top_p, seed=req.seed, stop_at_eos=req.stop_at_eos)
+        out = await run_in_threadpool(lm.generate, req.prompt, params)
+        return GenerateResponse(text=out.text, tokens=out.tokens,
                                 prompt_unknown_words=[w for w in req.prompt.split() if w not in lm.vocab])
 
     return app

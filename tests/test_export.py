@@ -111,10 +111,11 @@ def test_csr_index_dtype_and_safetensors_round_trip(tmp_path, cols, index_dtype)
     back.validate()
     assert back.col_indices.dtype == index_dtype
     assert torch.equal(back.mask(), mask) and torch.equal(back.to_dense(), weight)
-    x = torch.randn(2, cols, generator=gen)
-    from selfish_deploy.kernels import linear
+    x = torch.randn(cols, 2, generator=gen)
+    from selfish_deploy.kernels import Matrix, Reference, kernels_for
 
-    assert relerr(linear(x, back.to_torch()), x @ weight.t()) < TOL
+    for k in (kernels_for("cpu"), Reference()):  # compiled (int32 indices past 65,536 columns) and reference
+        assert relerr(k.spmm(Matrix(csr=back), x), weight @ x) < TOL
 
 
 def test_csr_validate_rejects_unsorted_and_duplicate_columns():

@@ -17,7 +17,8 @@ def test_wheel_maps_training_and_serving_under_the_package(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("selfish_deploy/training/trainer.py", "selfish_deploy/training/methods/static.py",
                    "selfish_deploy/serving/app.py", "selfish_deploy/export/writer.py",
-                   "selfish_deploy/kernels/reference.py", "selfish_deploy/runtime.py"):
+                   "selfish_deploy/kernels/reference.py", "selfish_deploy/runtime/engine.py",
+                   "selfish_deploy/kernels/csrc/cpu/kernels.inc"):
         assert module in names, module
     assert not any(n.startswith(("training/", "serving/", "tests/")) for n in names)
     bundled = {n for n in names if n.startswith("selfish_deploy/assets/ptb-lstm-sparse/")}

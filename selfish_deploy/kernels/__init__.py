@@ -1,18 +1,59 @@
-"""Sparse kernels used by the runtime, with one dispatch point per op.
+"""Sparse kernels of the runtime: compiled CPU kernels (csrc/cpu/) with the PyTorch reference as fallback.
 
-Every op accepts a weight that is either a dense tensor or a ``torch.sparse_csr_tensor``; the plain
-PyTorch versions in ``reference.py`` are the correctness baseline that faster kernels are tested against.
+Four ops, one signature each (reference.py documents the layouts): ``spmm`` (W X + b), ``embed`` (rows as
+columns), ``recurrent`` (T steps of a fused cell), ``decoder`` (W X + b, then log-softmax: target
+log-probabilities, top-1, or all of them). ``kernels_for(device)`` picks the implementation; ``report()`` (or
+``python -m selfish_deploy.kernels``) says what was built and which CPU features the kernels use.
 """
+
+from __future__ import annotations
 
 import torch
 
-from .reference import csr_gather_rows, linear
+from . import reference
+from .loader import load
+from .matrix import Matrix
 
-__all__ = ["linear", "csr_gather_rows", "embedding"]
+__all__ = ["Matrix", "Reference", "kernels_for", "compiled_available", "report"]
 
 
-def embedding(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Rows ``ids`` (any shape) of a (V, E) weight, dense result of shape ``ids.shape + (E,)``."""
-    if weight.layout == torch.sparse_csr:
-        return csr_gather_rows(weight, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
-    return weight[ids]
+class Reference:
+    """The PyTorch reference ops (any device): the fallback and the correctness baseline."""
+
+    name = "reference"
+    threads = None
+    spmm = staticmethod(reference.spmm)
+    embed = staticmethod(reference.embed)
+    recurrent = staticmethod(reference.recurrent)
+    decoder = staticmethod(reference.decoder)
+
+
+def compiled_available() -> bool:
+    return load()[0] is not None
+
+
+def kernels_for(device: str | torch.device = "cpu", threads: int | None = None):
+    """Compiled kernels on the CPU when built (a new object per engine: it holds the thread count), else the
+    reference."""
+    lib, _ = load()
+    if torch.device(device).type != "cpu" or lib is None:
+        return Reference()
+    from .compiled import CompiledKernels
+
+    k = CompiledKernels(lib)
+    k.name = f"compiled-cpu ({k.isa})"
+    k.threads = threads or torch.get_num_threads()
+    return k
+
+
+def report() -> dict:
+    """What is available: the library, its build, the instruction set chosen, the CPU's features."""
+    lib, how = load()
+    info = {"compiled_cpu": lib is not None, "status": how, "ops": ["spmm", "embed", "recurrent", "decoder"],
+            "reference": "PyTorch (torch.sparse CSR; cuSPARSE on CUDA)", "cuda": torch.cuda.is_available()}
+    if lib is not None:
+        from .compiled import CompiledKernels
+
+        k = CompiledKernels(lib)
+        info.update(isa=k.isa, build=k.build, cpu_features=k.cpu_features(), max_threads=lib.sd_max_threads())
+    return info

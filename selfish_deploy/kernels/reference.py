@@ -1,32 +1,71 @@
-"""Plain PyTorch sparse ops: the reference every faster kernel is checked against."""
+"""Plain PyTorch versions of every kernel: the reference the compiled kernels are tested against, the
+fallback when they are missing, and the path on CUDA (sparse CSR products run on cuSPARSE there).
+
+Activations are feature-major: ``X`` is (features, N) with column ``n = t * B + b`` (see ops.py).
+"""
 
 from __future__ import annotations
 
 import torch
 
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` for x (N, in) and a dense or CSR weight (out, in)."""
-    if weight.layout == torch.sparse_csr:
-        y = torch.sparse.mm(weight, x.t()).t()  # (out, in) @ (in, N) -> (out, N)
-    else:
-        y = x @ weight.t()
-    return y if bias is None else y + bias
+from ..cells import STEPS
+from .matrix import Matrix
 
 
-def csr_gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Dense rows ``ids`` of a CSR matrix, without densifying the rest::
+def spmm(w: Matrix, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``W X + bias[:, None]``: (rows, N)."""
+    weight = w.torch_weight
+    y = torch.sparse.mm(weight, x) if weight.layout == torch.sparse_csr else weight @ x
+    return y if bias is None else y + bias[:, None]
 
-        ids = [2, 0]   crow = [0, 2, 3, 5]   -> row 2 is values[3:5] at col_indices[3:5]
-    """
-    crow, col, val = weight.crow_indices(), weight.col_indices(), weight.values()
-    start, end = crow[ids].long(), crow[ids + 1].long()
-    counts = end - start
-    out = torch.zeros(ids.numel(), weight.shape[1], dtype=val.dtype, device=val.device)
-    if int(counts.sum()) == 0:
-        return out
-    rows = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), counts)
-    offsets = torch.cumsum(counts, 0) - counts  # first output slot of each row
-    pos = torch.arange(rows.numel(), device=ids.device) - offsets[rows] + start[rows]
-    out[rows, col[pos].long()] = val[pos]
+
+def embed(w: Matrix, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` of the (V, E) weight as columns: (E, N), without densifying the rest."""
+    if not w.is_sparse:
+        return w.dense[ids].t().contiguous()
+    crow, col, val = w.crow.to(ids.device).long(), w.col.to(ids.device).long(), w.values.to(ids.device).float()
+    start, counts = crow[ids], crow[ids + 1] - crow[ids]
+    out = torch.zeros(w.cols, ids.numel(), dtype=torch.float32, device=ids.device)
+    total = int(counts.sum())
+    if total:
+        which = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), counts)
+        pos = torch.arange(total, device=ids.device) - (torch.cumsum(counts, 0) - counts)[which] + start[which]
+        out[col[pos], which] = val[pos]
+    return out
+
+
+def recurrent(cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tensor, T: int, B: int,
+              h: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """T steps of ``cell`` over B columns: ``g`` (G*H, T*B) input projections (with b_hh folded in except for
+    GRU, whose ``b_hh`` is passed), ``h``/``c`` (H, B). Returns outputs (H, T*B), h and c."""
+    step = STEPS[cell]
+    weight = w_hh.torch_weight
+    h_b, c_b = h.t(), (c.t() if c is not None else None)  # (B, H) for the cell equations
+    outs = []
+    for t in range(T):
+        gh = (torch.sparse.mm(weight, h_b.t()) if weight.layout == torch.sparse_csr else weight @ h_b.t()).t()
+        if b_hh is not None:
+            gh = gh + b_hh
+        gi = g[:, t * B:(t + 1) * B].t()
+        if cell == "lstm":
+            h_b, (_, c_b) = step(gi, gh, (h_b, c_b))
+        else:
+            h_b, _ = step(gi, gh, h_b)
+        outs.append(h_b.t())
+    out = torch.cat(outs, dim=1) if outs else h.new_zeros(h.shape[0], 0)
+    return out, h_b.t().contiguous(), (c_b.t().contiguous() if c is not None else None)
+
+
+def decoder(w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
+            full: bool = False, top1: bool = False) -> dict[str, torch.Tensor]:
+    """Log-softmax of ``W X + bias`` per column; returns what was asked among ``target_lp`` (N,),
+    ``argmax`` and ``max_lp`` (N,), ``logprobs`` (N, V)."""
+    logp = torch.log_softmax(spmm(w, x, bias).t(), dim=-1)  # (N, V)
+    out = {}
+    if targets is not None:
+        out["target_lp"] = logp.gather(1, targets.view(-1, 1)).view(-1)
+    if top1:
+        out["max_lp"], out["argmax"] = logp.max(dim=1)
+    if full:
+        out["logprobs"] = logp
     return out

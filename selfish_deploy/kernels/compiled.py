@@ -1,0 +1,156 @@
+"""ctypes bindings of the compiled CPU kernels (csrc/cpu/api.cpp), with the same signatures as reference.py.
+
+Every call checks shapes, dtypes and contiguity before handing raw pointers to C, so a wrong argument is a
+Python exception, never memory corruption. Outputs may be passed in (``out=``) for tests that poison them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from .matrix import Matrix
+
+CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+VALUE_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+INDEX_BITS = {torch.uint16: 16, torch.int32: 32}
+
+
+class SdMatrix(ctypes.Structure):
+    _fields_ = [("rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("layout", ctypes.c_int32),
+                ("index_bits", ctypes.c_int32), ("value_type", ctypes.c_int32), ("reserved", ctypes.c_int32),
+                ("crow", ctypes.c_void_p), ("col", ctypes.c_void_p), ("val", ctypes.c_void_p)]
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _check(t: torch.Tensor, name: str, shape: tuple, dtype=torch.float32) -> None:
+    if t.device.type != "cpu" or t.dtype != dtype or tuple(t.shape) != tuple(shape) or not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous CPU {dtype} tensor of shape {tuple(shape)}, got "
+                         f"{t.device} {t.dtype} {tuple(t.shape)} contiguous={t.is_contiguous()}")
+
+
+def _cols(x: torch.Tensor, name: str, rows: int) -> int:
+    """X (rows, N) with unit column stride; returns its row stride (``ld``)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[0] != rows or (
+            x.shape[1] > 1 and x.stride(1) != 1):
+        raise ValueError(f"{name}: expected CPU float32 ({rows}, N) with unit column stride, got "
+                         f"{x.device} {x.dtype} {tuple(x.shape)} strides {x.stride()}")
+    return x.stride(0) if x.shape[0] > 1 else max(1, x.shape[1])
+
+
+def struct(w: Matrix) -> SdMatrix:
+    if w._struct is None:
+        if w.device.type != "cpu":
+            raise ValueError("compiled CPU kernels need CPU weights")
+        if w.is_sparse:
+            if w.values.dtype not in VALUE_TYPES or w.col.dtype not in INDEX_BITS:
+                raise ValueError(f"unsupported CSR dtypes {w.col.dtype}/{w.values.dtype}")
+            w._struct = SdMatrix(w.rows, w.cols, 0, INDEX_BITS[w.col.dtype], VALUE_TYPES[w.values.dtype], 0,
+                                 w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr())
+        else:
+            w._struct = SdMatrix(w.rows, w.cols, 1, 0, 0, 0, None, None, w.dense.data_ptr())
+    return w._struct
+
+
+class CompiledKernels:
+    """The library's four ops. ``threads`` is the OpenMP team size of every call."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        i64, vp, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        sp = ctypes.POINTER(SdMatrix)
+        lib.sd_spmm.argtypes = [sp, vp, i64, i64, vp, vp, i64, i32]
+        lib.sd_embed.argtypes = [sp, vp, i64, vp, i64]
+        lib.sd_recurrent.argtypes = [i32, sp, vp, vp, i64, i64, i64, vp, vp, vp, i64, i32]
+        lib.sd_decoder.argtypes = [sp, vp, vp, i64, i64, vp, vp, vp, vp, vp, i32]
+        for f in (lib.sd_spmm, lib.sd_embed, lib.sd_recurrent, lib.sd_decoder):
+            f.restype = ctypes.c_int
+        self.threads = 1
+
+    @property
+    def isa(self) -> str:
+        return self.lib.sd_isa().decode()
+
+    @property
+    def build(self) -> str:
+        return self.lib.sd_build().decode()
+
+    def cpu_features(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        self.lib.sd_cpu_features(buf, 256)
+        return buf.value.decode()
+
+    @staticmethod
+    def _ok(code: int, op: str) -> None:
+        if code != 0:
+            raise ValueError(f"{op}: unsupported matrix layout or dtype")
+
+    def spmm(self, w: Matrix, x: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None):
+        ldx = _cols(x, "x", w.cols)
+        n = x.shape[1]
+        if bias is not None:
+            _check(bias, "bias", (w.rows,))
+        out = torch.empty(w.rows, n) if out is None else out
+        _check(out, "out", (w.rows, n))
+        self._ok(self.lib.sd_spmm(ctypes.byref(struct(w)), _ptr(x), ldx, n, _ptr(bias), _ptr(out), max(n, 1),
+                                  self.threads), "spmm")
+        return out
+
+    def embed(self, w: Matrix, ids: torch.Tensor, out: torch.Tensor | None = None):
+        _check(ids, "ids", (ids.numel(),), torch.int64)
+        n = ids.numel()
+        out = torch.empty(w.cols, n) if out is None else out
+        _check(out, "out", (w.cols, n))
+        self._ok(self.lib.sd_embed(ctypes.byref(struct(w)), _ptr(ids), n, _ptr(out), max(n, 1)), "embed")
+        return out
+
+    def recurrent(self, cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tensor, T: int, B: int,
+                  h: torch.Tensor, c: torch.Tensor | None, out: torch.Tensor | None = None):
+        H = w_hh.cols
+        if w_hh.rows != GATES[cell] * H:
+            raise ValueError(f"{cell}: W_hh has {w_hh.rows} rows, expected {GATES[cell]} x {H}")
+        ldg = _cols(g, "g", w_hh.rows)
+        if g.shape[1] < T * B:
+            raise ValueError(f"g has {g.shape[1]} columns, expected T*B = {T * B}")
+        h = h.clone()
+        _check(h, "h", (H, B))
+        if cell == "lstm":
+            c = c.clone()
+            _check(c, "c", (H, B))
+        if cell == "gru":
+            _check(b_hh, "b_hh", (w_hh.rows,))
+        out = torch.empty(H, T * B) if out is None else out
+        _check(out, "out", (H, T * B))
+        if T * B:
+            self._ok(self.lib.sd_recurrent(CELLS[cell], ctypes.byref(struct(w_hh)),
+                                           _ptr(b_hh if cell == "gru" else None), _ptr(g), ldg, T, B, _ptr(h),
+                                           _ptr(c if cell == "lstm" else None), _ptr(out), max(T * B, 1),
+                                           self.threads), "recurrent")
+        return out, h, (c if cell == "lstm" else None)
+
+    def decoder(self, w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
+                full: bool = False, top1: bool = False, out: dict | None = None) -> dict[str, torch.Tensor]:
+        ldx = _cols(x, "x", w.cols)
+        n = x.shape[1]
+        if bias is not None:
+            _check(bias, "bias", (w.rows,))
+        want = {"target_lp": ((n,), torch.float32, targets is not None), "argmax": ((n,), torch.int64, top1),
+                "max_lp": ((n,), torch.float32, top1), "logprobs": ((n, w.rows), torch.float32, full)}
+        res = {}
+        for k, (shape, dtype, asked) in want.items():
+            if asked:
+                res[k] = out[k] if out and k in out else torch.empty(shape, dtype=dtype)
+                _check(res[k], k, shape, dtype)
+        if targets is not None:
+            _check(targets, "targets", (n,), torch.int64)
+        if n:
+            self._ok(self.lib.sd_decoder(ctypes.byref(struct(w)), _ptr(bias), _ptr(x), ldx, n, _ptr(targets),
+                                         _ptr(res.get("target_lp")), _ptr(res.get("argmax")),
+                                         _ptr(res.get("max_lp")), _ptr(res.get("logprobs")), self.threads),
+                     "decoder")
+        return res

@@ -1,0 +1,106 @@
+// C entry points (called through ctypes, see selfish_deploy/kernels/compiled.py): the instruction set is
+// chosen once, at the first call, from the CPU's features (SELFISH_KERNELS_ISA=generic forces the baseline).
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include <omp.h>
+
+#include "matrix.h"
+
+#define DECLARE(NS)                                                                                          \
+    namespace NS {                                                                                           \
+    int spmm_entry(const sd_matrix*, const float*, int64_t, int64_t, const float*, float*, int64_t, int);   \
+    int embed_entry(const sd_matrix*, const int64_t*, int64_t, float*, int64_t);                            \
+    int recurrent_entry(int, const sd_matrix*, const float*, const float*, int64_t, int64_t, int64_t,       \
+                        float*, float*, float*, int64_t, int);                                              \
+    int decoder_entry(const sd_matrix*, const float*, const float*, int64_t, int64_t, const int64_t*,       \
+                      float*, int64_t*, float*, float*, int);                                               \
+    }
+DECLARE(generic)
+#if defined(__x86_64__) || defined(_M_X64)
+#define SD_X86 1
+DECLARE(avx2)
+#endif
+
+static int use_avx2() {
+    static int chosen = -1;
+    if (chosen < 0) {
+        const char* force = std::getenv("SELFISH_KERNELS_ISA");
+        chosen = 0;
+#ifdef SD_X86
+        __builtin_cpu_init();
+        const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c");
+        chosen = has && !(force && std::strcmp(force, "generic") == 0);
+#endif
+    }
+    return chosen;
+}
+
+#ifdef SD_X86
+#define DISPATCH(call) (use_avx2() ? avx2::call : generic::call)
+#else
+#define DISPATCH(call) (generic::call)
+#endif
+
+extern "C" {
+
+int sd_abi_version() { return 1; }
+
+const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
+
+#define SD_STR2(x) #x
+#define SD_STR(x) SD_STR2(x)
+const char* sd_build() {
+#if defined(__clang__)
+    return "clang " __clang_version__ ", OpenMP " SD_STR(_OPENMP);
+#elif defined(__GNUC__)
+    return "gcc " __VERSION__ ", OpenMP " SD_STR(_OPENMP);
+#else
+    return "unknown compiler";
+#endif
+}
+
+int sd_cpu_features(char* buf, int n) {  // the features the kernels look at, as "avx2 fma f16c"
+    buf[0] = 0;
+#ifdef SD_X86
+    __builtin_cpu_init();
+    const char* names[] = {"sse4.2", "avx", "avx2", "fma", "f16c", "avx512f"};
+    int used = 0;
+    for (const char* f : names) {
+        bool has = false;
+        if (!std::strcmp(f, "sse4.2")) has = __builtin_cpu_supports("sse4.2");
+        if (!std::strcmp(f, "avx")) has = __builtin_cpu_supports("avx");
+        if (!std::strcmp(f, "avx2")) has = __builtin_cpu_supports("avx2");
+        if (!std::strcmp(f, "fma")) has = __builtin_cpu_supports("fma");
+        if (!std::strcmp(f, "f16c")) has = __builtin_cpu_supports("f16c");
+        if (!std::strcmp(f, "avx512f")) has = __builtin_cpu_supports("avx512f");
+        if (has) used += std::snprintf(buf + used, n - used, used ? " %s" : "%s", f);
+    }
+#endif
+    return 0;
+}
+
+int sd_max_threads() { return omp_get_max_threads(); }
+
+int sd_spmm(const sd_matrix* W, const float* X, int64_t ldx, int64_t N, const float* bias, float* Y, int64_t ldy,
+            int nt) {
+    return DISPATCH(spmm_entry(W, X, ldx, N, bias, Y, ldy, nt));
+}
+
+int sd_embed(const sd_matrix* E, const int64_t* ids, int64_t N, float* XT, int64_t ldx) {
+    return DISPATCH(embed_entry(E, ids, N, XT, ldx));
+}
+
+int sd_recurrent(int cell, const sd_matrix* W, const float* bhh, const float* G, int64_t ldg, int64_t T, int64_t B,
+                 float* h, float* c, float* out, int64_t ldo, int nt) {
+    return DISPATCH(recurrent_entry(cell, W, bhh, G, ldg, T, B, h, c, out, ldo, nt));
+}
+
+int sd_decoder(const sd_matrix* W, const float* bias, const float* X, int64_t ldx, int64_t N, const int64_t* targets,
+               float* target_lp, int64_t* argmax, float* max_lp, float* out, int nt) {
+    return DISPATCH(decoder_entry(W, bias, X, ldx, N, targets, target_lp, argmax, max_lp, out, nt));
+}
+}

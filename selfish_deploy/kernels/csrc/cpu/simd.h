@@ -1,0 +1,77 @@
+// 8-float vectors (GCC/Clang vector extensions) and the element-wise maths of the kernels.
+//
+// Compiled once per instruction set (isa_avx2.cpp, isa_generic.cpp): the same source becomes AVX2+FMA code
+// or SSE2 code. Every non-linearity goes through these vector functions, whatever the batch size (lanes are
+// batch columns, or hidden units at batch 1), so a value does not depend on which lane computed it: batched
+// results equal one-at-a-time results bit for bit.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
+static inline vf8 vload(const float* p) { vf8 v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
+static inline vf8 vsplat(float x) { return vf8{x, x, x, x, x, x, x, x}; }
+static inline vf8 vmin(vf8 a, vf8 b) { return a < b ? a : b; }
+static inline vf8 vmax(vf8 a, vf8 b) { return a > b ? a : b; }
+
+// exp(x), Cephes expf: x = n ln2 + r, |r| <= ln2/2, 2^n from the exponent bits. About 1 ulp.
+static inline vf8 vexp(vf8 x) {
+    x = vmin(vmax(x, vsplat(-87.3365f)), vsplat(88.0f));
+    const vf8 magic = vsplat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
+    vf8 t = x * vsplat(1.44269504088896341f) + magic;
+    vf8 n = t - magic;
+    vf8 r = x - n * vsplat(0.693359375f);
+    r = r - n * vsplat(-2.12194440e-4f);
+    vf8 p = vsplat(1.9875691500e-4f);
+    p = p * r + vsplat(1.3981999507e-3f);
+    p = p * r + vsplat(8.3334519073e-3f);
+    p = p * r + vsplat(4.1665795894e-2f);
+    p = p * r + vsplat(1.6666665459e-1f);
+    p = p * r + vsplat(5.0000001201e-1f);
+    vf8 y = p * (r * r) + r + vsplat(1.0f);
+    vi8 ni = __builtin_convertvector(n, vi8);
+    vi8 bits = (ni + 127) << 23;
+    vf8 scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
+static inline vf8 vsigmoid(vf8 x) { return vsplat(1.0f) / (vsplat(1.0f) + vexp(-x)); }
+
+// tanh: Cephes' odd polynomial for |x| < 0.625 (no cancellation near 0), else 1 - 2 / (e^{2|x|} + 1).
+static inline vf8 vtanh(vf8 x) {
+    vf8 ax = x < vsplat(0.0f) ? -x : x;
+    vf8 z = x * x;
+    vf8 p = vsplat(-5.70498872745e-3f);
+    p = p * z + vsplat(2.06390887954e-2f);
+    p = p * z + vsplat(-5.37397155531e-2f);
+    p = p * z + vsplat(1.33314422036e-1f);
+    p = p * z + vsplat(-3.33332819422e-1f);
+    vf8 small = p * z * x + x;
+    vf8 big = vsplat(1.0f) - vsplat(2.0f) / (vexp(ax + ax) + vsplat(1.0f));
+    big = x < vsplat(0.0f) ? -big : big;
+    return ax < vsplat(0.625f) ? small : big;
+}
+
+static inline vf8 vrelu(vf8 x) { return vmax(x, vsplat(0.0f)); }
+
+// One LSTM cell on 8 lanes (PyTorch's equations, gates i f g o): c <- s(f) c + s(i) tanh(g), h = s(o) tanh(c).
+static inline void lstm_cell8(vf8 i, vf8 f, vf8 g, vf8 o, vf8& c, vf8& h) {
+    vf8 fc = vsigmoid(f) * c;
+    vf8 ig = vsigmoid(i) * vtanh(g);
+    c = fc + ig;
+    h = vsigmoid(o) * vtanh(c);
+}
+
+// One GRU cell (gates r z n; b_hn stays inside r * (.), as in PyTorch): gi_* include b_ih, gh_* include b_hh.
+static inline vf8 gru_cell8(vf8 gir, vf8 giz, vf8 gin, vf8 ghr, vf8 ghz, vf8 ghn, vf8 h) {
+    vf8 r = vsigmoid(gir + ghr);
+    vf8 z = vsigmoid(giz + ghz);
+    vf8 rn = r * ghn;
+    vf8 n = vtanh(gin + rn);
+    vf8 zh = z * h;
+    return (vsplat(1.0f) - z) * n + zh;
+}

@@ -1,0 +1,54 @@
+"""Find and load the compiled CPU kernels (``_cpu*.so``, built by ``pip install``), or say why not.
+
+``SELFISH_KERNELS=reference`` forces the PyTorch reference (for tests and comparisons). A missing or broken
+library is a warning, once, never an error: every op has its reference version.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch  # noqa: F401  loaded first: the kernels then share PyTorch's OpenMP runtime (one thread pool)
+
+log = logging.getLogger(__name__)
+ABI_VERSION = 1
+HERE = Path(__file__).resolve().parent
+
+
+def library_path() -> Path | None:
+    """The built library next to this file (in-place or installed), whatever the Python ABI suffix."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = HERE / f"_cpu{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+@lru_cache(maxsize=1)
+def load() -> tuple[ctypes.CDLL | None, str]:
+    """(library or None, a line saying what was loaded or why not)."""
+    if os.environ.get("SELFISH_KERNELS", "").lower() == "reference":
+        return None, "disabled by SELFISH_KERNELS=reference"
+    path = library_path()
+    if path is None:
+        reason = ("compiled CPU kernels not built (reinstall with a C++ compiler: pip install -e .); "
+                  "using the PyTorch reference kernels, which are slower")
+        warnings.warn(reason, RuntimeWarning, stacklevel=3)
+        return None, "not built"
+    try:
+        lib = ctypes.CDLL(str(path))
+        if lib.sd_abi_version() != ABI_VERSION:
+            raise OSError(f"ABI version {lib.sd_abi_version()}, expected {ABI_VERSION} (rebuild: pip install -e .)")
+    except (OSError, AttributeError) as e:
+        warnings.warn(f"compiled CPU kernels at {path} unusable ({e}); using the PyTorch reference kernels",
+                      RuntimeWarning, stacklevel=3)
+        return None, f"unusable: {e}"
+    for name in ("sd_isa", "sd_build"):
+        getattr(lib, name).restype = ctypes.c_char_p
+    return lib, f"loaded {path.name}"

@@ -1,0 +1,197 @@
+"""Continuous batching: sequences join, advance one token per ``step()`` together, and leave when done.
+
+    gen = BatchGenerator(lm)
+    a = gen.add(prompt_ids, SamplingParams(max_tokens=20, seed=1))   # prefilled now, joins the next step
+    while gen:                                                       # one batched forward per step
+        for event in gen.step():                                     # a TokenEvent per active sequence
+            ...
+    a.completion()                                                   # ids, words, text, finish reason
+
+Each sequence keeps its own sampling parameters, generator and row of the batched ``State``; its tokens do
+not depend on the other sequences in the batch (see sampling.py and the kernels' canonical sum order).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import UserError
+from ..vocab import EOS
+from .sampling import SamplingParams, make_generator, sample
+from .state import State
+
+
+def detokenize(words: list[str]) -> str:
+    """Words joined by spaces, ``<eos>`` as a line break."""
+    out: list[str] = []
+    for w in words:
+        if w == EOS:
+            out.append("\n")
+        else:
+            out.append(w if not out or out[-1] == "\n" else " " + w)
+    return "".join(out)
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of one sequence; ``text`` is the new text that is safe to show (held back while it
+    could still be the start of a stop string)."""
+
+    seq_id: int
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[int, float]] | None
+    text: str
+    finished: bool
+    finish_reason: str | None
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int]
+    tokens: list[str]
+    text: str
+    logprobs: list[float]
+    top_logprobs: list[list[tuple[int, float]]] | None
+    finish_reason: str | None
+
+
+@dataclass
+class Sequence:
+    id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    seen: torch.Tensor | None = None  # (V,) bool, for the repetition penalty
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of text already handed out in events
+    finish_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def completion(self) -> Completion:
+        return Completion(self.prompt_ids, self.token_ids, self.words, self.text, self.logprobs,
+                          self.top if self.params.logprobs else None, self.finish_reason)
+
+
+class BatchGenerator:
+    """The active sequences of one engine, their batched state and their next-token log-probabilities."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.seqs: list[Sequence] = []
+        self.state: State | None = None
+        self.logp: torch.Tensor | None = None  # (B, V): the distribution each active sequence samples next
+        self._ids = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def add(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        """Prefill ``prompt_ids`` (taken exactly as given) and join the batch at the next step."""
+        lm = self.lm
+        if not prompt_ids:
+            raise UserError("a prompt needs at least one token (a text prompt starts with <eos>)")
+        lm.check_ids(prompt_ids)
+        seq = Sequence(next(self._ids), list(prompt_ids), params, make_generator(params.seed))
+        if params.max_tokens == 0:
+            seq.finish_reason = "length"
+            return seq
+        if params.repetition_penalty != 1.0:
+            seq.seen = torch.zeros(len(lm.vocab), dtype=torch.bool)
+            seq.seen[torch.tensor(prompt_ids)] = True
+        logp, state = lm.forward(torch.tensor(prompt_ids).view(-1, 1), lm.init_state(1))
+        self.seqs.append(seq)
+        self.state = state if self.state is None else State.cat([self.state, state])
+        last = logp[-1].float()
+        self.logp = last if self.logp is None else torch.cat([self.logp, last.to(self.logp.device)], 0)
+        return seq
+
+    def cancel(self, seq: Sequence, reason: str = "abort") -> None:
+        """Drop ``seq`` from the batch (a client went away)."""
+        if seq in self.seqs:
+            keep = [i for i, s in enumerate(self.seqs) if s is not seq]
+            self._keep(keep)
+        seq.finish_reason = seq.finish_reason or reason
+
+    def _keep(self, rows: list[int]) -> None:
+        self.seqs = [self.seqs[i] for i in rows]
+        if rows:
+            self.state = self.state.select(rows)
+            self.logp = self.logp[torch.tensor(rows, device=self.logp.device)]
+        else:
+            self.state, self.logp = None, None
+
+    def step(self) -> list[TokenEvent]:
+        """Sample one token for every active sequence, then advance the ones that go on in one forward."""
+        if not self.seqs:
+            return []
+        params = [s.params for s in self.seqs]
+        seen = None
+        if any(s.seen is not None for s in self.seqs):
+            V = self.logp.shape[1]
+            seen = torch.stack([s.seen if s.seen is not None else torch.zeros(V, dtype=torch.bool)
+                                for s in self.seqs]).to(self.logp.device)
+        tokens = sample(self.logp, params, [s.generator for s in self.seqs], seen)
+        chosen = self.logp.gather(1, tokens.view(-1, 1)).view(-1).tolist()
+        k = max(p.logprobs for p in params)
+        tops = None
+        if k:
+            vals, idx = torch.topk(self.logp, min(k, self.logp.shape[1]), dim=1)
+            tops = (idx.tolist(), vals.tolist())
+        events = []
+        for row, (seq, tok) in enumerate(zip(self.seqs, tokens.tolist())):
+            top = None
+            if seq.params.logprobs:
+                n = seq.params.logprobs
+                top = list(zip(tops[0][row][:n], tops[1][row][:n]))
+                seq.top.append(top)
+            events.append(self._advance(seq, tok, chosen[row], top))
+        keep = [i for i, s in enumerate(self.seqs) if not s.finished]
+        if len(keep) != len(self.seqs):
+            tokens = tokens[torch.tensor(keep, dtype=torch.long)] if keep else tokens[:0]
+            self._keep(keep)
+        if self.seqs:
+            logp, self.state = self.lm.forward(tokens.view(1, -1).cpu(), self.state)
+            self.logp = logp[0].float()
+        return events
+
+    def _advance(self, seq: Sequence, tok: int, lp: float, top) -> TokenEvent:
+        p = seq.params
+        word = self.lm.vocab.itos[tok]
+        seq.token_ids.append(tok)
+        seq.logprobs.append(lp)
+        seq.words.append(word)
+        if seq.seen is not None:
+            seq.seen[tok] = True
+        full = detokenize(seq.words)
+        reason, text = None, full
+        hits = [i for i in (full.find(s) for s in p.stop) if i >= 0]
+        if hits:
+            reason, text = "stop", full[:min(hits)]
+        elif (p.stop_at_eos and word == EOS) or tok in p.stop_token_ids:
+            reason = "stop"
+        elif len(seq.token_ids) >= p.max_tokens:
+            reason = "length"
+        safe = len(text)
+        if reason is None:  # hold back a tail that may still become a stop string
+            for s in p.stop:
+                for n in range(min(len(s) - 1, len(text)), 0, -1):
+                    if text.endswith(s[:n]):
+                        safe = min(safe, len(text) - n)
+                        break
+        seq.text = text
+        delta, seq.emitted = text[seq.emitted:safe], max(seq.emitted, safe)
+        seq.finish_reason = reason
+        return TokenEvent(seq.id, tok, word, lp, top, delta, reason is not None, reason)
