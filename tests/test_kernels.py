@@ -1,60 +1,228 @@
-"""Reference sparse kernels against dense PyTorch on random inputs (relative error < 1e-5 in fp32)."""
+"""Compiled CPU kernels against the PyTorch reference and dense maths, over a grid of shapes, densities,
+index and value dtypes, batch sizes and thread counts; outputs are poisoned (NaN) before every call."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 
 from selfish_deploy import kernels
-from selfish_deploy.cells import STEPS
 from selfish_deploy.csr import CSR
+from selfish_deploy.kernels import Matrix, Reference, kernels_for
 from selfish_deploy.masks import random_mask
+
+needs_compiled = pytest.mark.skipif(not kernels.compiled_available(), reason="compiled kernels not built")
+TOL = 1e-5
+REF = Reference()
 
 
 def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
 
-def sparse_weight(rows, cols, density, seed):
+def weight(rows, cols, density, seed, index=torch.uint16, values=torch.float32, empty_row=True, full_row=True):
+    """A CSR Matrix and its dense fp32 equivalent (after the values' rounding), with an empty and a full row."""
     g = torch.Generator().manual_seed(seed)
     mask = random_mask((rows, cols), round(density * rows * cols), g)
+    if empty_row and rows > 2:
+        mask[1] = False
+    if full_row and rows > 2 and density > 0:
+        mask[rows - 1] = True
     w = torch.randn(rows, cols, generator=g) * mask
-    return w, CSR.from_masked(w, mask).to_torch()
+    csr = CSR.from_masked(w, mask, values)
+    csr = CSR(csr.crow_indices, csr.col_indices.to(index), csr.values, csr.shape)
+    return Matrix(csr=csr), csr.to_dense(torch.float32)
 
 
-@pytest.mark.parametrize("density", [0.01, 0.1, 0.33, 1.0])
-@pytest.mark.parametrize("n", [1, 7, 64])
-def test_linear_matches_dense(density, n):
-    w, csr = sparse_weight(96, 40, density, seed=n)
-    x, b = torch.randn(n, 40), torch.randn(96)
-    assert rel_err(kernels.linear(x, csr, b), x @ w.t() + b) < 1e-5
-    assert rel_err(kernels.linear(x, w, b), x @ w.t() + b) < 1e-6
+def poisoned(*shape, dtype=torch.float32):
+    return torch.full(shape, float("nan"), dtype=dtype) if dtype.is_floating_point else torch.full(shape, -7, dtype=dtype)
 
 
-@pytest.mark.parametrize("density", [0.0005, 0.2, 1.0])
-def test_embedding_gather_matches_dense(density):
-    w, csr = sparse_weight(50, 12, density, seed=1)
-    ids = torch.tensor([[0, 49, 3], [3, 3, 17]])  # repeats, first and last row, maybe empty rows
-    assert torch.equal(kernels.embedding(csr, ids), w[ids])
-    assert torch.equal(kernels.embedding(w, ids), w[ids])
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def compiled(request):
+    if not kernels.compiled_available():
+        pytest.skip("compiled kernels not built")
+    return kernels_for("cpu", request.param)
 
 
-@pytest.mark.parametrize("arch,module", [
-    ("lstm", torch.nn.LSTMCell), ("gru", torch.nn.GRUCell),
-    ("rnn_tanh", lambda i, h: torch.nn.RNNCell(i, h, nonlinearity="tanh")),
-    ("rnn_relu", lambda i, h: torch.nn.RNNCell(i, h, nonlinearity="relu")),
-])
-def test_cell_steps_match_pytorch_cells(arch, module):
-    torch.manual_seed(0)
-    cell = module(8, 6)
-    x, h, c = torch.randn(5, 8), torch.randn(5, 6), torch.randn(5, 6)
-    gi = x @ cell.weight_ih.t() + cell.bias_ih
-    gh = h @ cell.weight_hh.t() + cell.bias_hh
-    if arch == "lstm":
-        ref_h, ref_c = cell(x, (h, c))
-        out, (h2, c2) = STEPS[arch](gi, gh, (h, c))
-        assert rel_err(c2, ref_c) < 1e-6
-    else:
-        ref_h = cell(x, h)
-        out, h2 = STEPS[arch](gi, gh, h)
-    assert rel_err(out, ref_h) < 1e-6 and torch.equal(out, h2)
+GRID = [(d, i, v) for d in (0.0, 0.05, 0.33, 1.0) for i in (torch.uint16, torch.int32)
+        for v in (torch.float32, torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("density,index,values", GRID)
+@pytest.mark.parametrize("n", [1, 3, 64, 150])
+def test_spmm(compiled, density, index, values, n):
+    w, dense = weight(41, 67, density, seed=n, index=index, values=values)
+    x, b = torch.randn(67, n), torch.randn(41)
+    want = dense @ x + b[:, None]
+    got = compiled.spmm(w, x, b, out=poisoned(41, n))
+    assert not got.isnan().any()
+    assert rel_err(got, want) < TOL and rel_err(REF.spmm(w, x, b), want) < TOL
+
+
+def test_spmm_dense_layout_and_strided_input(compiled):
+    w = torch.randn(30, 20)
+    x = torch.randn(20, 300)[:, 50:250]  # a column slice: row stride 300
+    assert rel_err(compiled.spmm(Matrix(dense=w), x, out=poisoned(30, 200)), w @ x) < TOL
+
+
+@pytest.mark.parametrize("density,index,values", GRID)
+def test_embed(compiled, density, index, values):
+    w, dense = weight(50, 12, density, seed=3, index=index, values=values)
+    ids = torch.tensor([0, 49, 1, 3, 3, 17])  # first and last row, the empty row, a repeat
+    got = compiled.embed(w, ids, out=poisoned(12, 6))
+    assert torch.equal(got, dense[ids].t()) and torch.equal(REF.embed(w, ids), dense[ids].t())
+
+
+CELLS = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell,
+         "rnn_tanh": lambda i, h: torch.nn.RNNCell(i, h, nonlinearity="tanh"),
+         "rnn_relu": lambda i, h: torch.nn.RNNCell(i, h, nonlinearity="relu")}
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.33, 1.0])
+@pytest.mark.parametrize("T,B", [(1, 1), (7, 1), (3, 3), (2, 64)])
+def test_recurrent_matches_pytorch_cells(compiled, cell, density, T, B):
+    """T steps of the fused cell equal PyTorch's own cell (LSTMCell, GRUCell, RNNCell) step by step."""
+    torch.manual_seed(T * 100 + B)
+    H, I = 20, 9
+    ref = CELLS[cell](I, H)
+    gates = ref.weight_hh.shape[0] // H
+    w_hh, dense = weight(gates * H, H, density, seed=B, values=torch.float16)
+    with torch.no_grad():
+        ref.weight_hh.copy_(dense)
+    x = torch.randn(T, B, I)
+    h0, c0 = torch.randn(B, H), torch.randn(B, H)
+    with torch.no_grad():
+        g = (x.reshape(T * B, I) @ ref.weight_ih.t() + ref.bias_ih).t().contiguous()  # (G*H, T*B)
+        b_hh = ref.bias_hh.detach().clone()
+        if cell != "gru":
+            g += b_hh[:, None]
+        h, c, outs = h0, c0, []
+        for t in range(T):
+            if cell == "lstm":
+                h, c = ref(x[t], (h, c))
+            else:
+                h = ref(x[t], h)
+            outs.append(h.t())
+    out, h_new, c_new = compiled.recurrent(cell, w_hh, b_hh if cell == "gru" else None, g, T, B, h0.t().contiguous(),
+                                           c0.t().contiguous() if cell == "lstm" else None, out=poisoned(H, T * B))
+    assert not out.isnan().any()
+    assert rel_err(out, torch.cat(outs, 1)) < TOL and rel_err(h_new, h.t()) < TOL
+    if cell == "lstm":
+        assert rel_err(c_new, c.t()) < TOL
+    r_out, r_h, _ = REF.recurrent(cell, w_hh, b_hh if cell == "gru" else None, g, T, B, h0.t().contiguous(),
+                                  c0.t().contiguous() if cell == "lstm" else None)
+    assert rel_err(r_out, torch.cat(outs, 1)) < TOL
+
+
+@pytest.mark.parametrize("density,index,values", GRID)
+@pytest.mark.parametrize("n", [1, 3, 64])
+def test_decoder(compiled, density, index, values, n):
+    V = 600  # more than two chunks of 256 rows, and not a multiple of 8
+    w, dense = weight(V, 16, density, seed=n, index=index, values=values)
+    x, b, tg = torch.randn(16, n), torch.randn(V), torch.randint(0, V, (n,))
+    want = torch.log_softmax((dense @ x + b[:, None]).t(), dim=-1)
+    out = {"target_lp": poisoned(n), "argmax": poisoned(n, dtype=torch.int64), "max_lp": poisoned(n),
+           "logprobs": poisoned(n, V)}
+    got = compiled.decoder(w, b, x, tg, full=True, top1=True, out=out)
+    scale = want.abs().max()  # errors relative to the log-probabilities' scale (some are near 0)
+    assert rel_err(got["logprobs"], want) < TOL
+    assert (got["target_lp"] - want.gather(1, tg.view(-1, 1)).view(-1)).abs().max() < TOL * scale
+    assert torch.equal(got["argmax"], want.argmax(1))
+    assert (got["max_lp"] - want.max(1).values).abs().max() < TOL * scale
+    ref = REF.decoder(w, b, x, tg, full=True, top1=True)
+    assert rel_err(ref["logprobs"], want) < TOL
+
+
+@needs_compiled
+def test_a_column_does_not_depend_on_its_batch():
+    """The canonical sum order: column j of a batched call equals the call on column j alone, bit for bit."""
+    k = kernels_for("cpu", 2)
+    w, _ = weight(300, 80, 0.3, seed=1)
+    x = torch.randn(80, 70)
+    batched = k.spmm(w, x)
+    dec = k.decoder(w, None, x, full=True)["logprobs"]
+    for j in (0, 9, 69):
+        assert torch.equal(batched[:, j], k.spmm(w, x[:, j:j + 1].contiguous())[:, 0])
+        assert torch.equal(dec[j], k.decoder(w, None, x[:, j:j + 1].contiguous(), full=True)["logprobs"][0])
+    w_hh, _ = weight(4 * 80, 80, 0.3, seed=2)
+    g, h, c = torch.randn(320, 5 * 9), torch.randn(80, 9), torch.randn(80, 9)
+    out, _, _ = k.recurrent("lstm", w_hh, None, g, 5, 9, h, c)
+    for b in (0, 8):
+        one, _, _ = k.recurrent("lstm", w_hh, None, g.view(320, 5, 9)[:, :, b].contiguous(), 5, 1,
+                                h[:, b:b + 1].contiguous(), c[:, b:b + 1].contiguous())
+        assert torch.equal(out.view(80, 5, 9)[:, :, b], one)
+
+
+@needs_compiled
+def test_bad_arguments_are_python_errors():
+    k = kernels_for("cpu")
+    w, _ = weight(10, 6, 0.5, seed=0)
+    with pytest.raises(ValueError, match="x"):
+        k.spmm(w, torch.randn(7, 2))  # wrong inner size
+    with pytest.raises(ValueError, match="x"):
+        k.spmm(w, torch.randn(6, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out"):
+        k.spmm(w, torch.randn(6, 2), out=torch.empty(10, 3))
+
+
+SCRIPT = """
+import torch, json
+from selfish_deploy import kernels
+from selfish_deploy.kernels import Matrix, Reference, kernels_for
+from selfish_deploy.csr import CSR
+g = torch.Generator().manual_seed(0)
+w = torch.randn(64, 40, generator=g) * (torch.rand(64, 40, generator=g) < 0.3)
+m, x = Matrix(csr=CSR.from_dense(w)), torch.randn(40, 5, generator=g)
+k = kernels_for("cpu")
+y = k.spmm(m, x)
+print(json.dumps({"name": k.name, "report": kernels.report()["status"], "err": float((y - w @ x).abs().max())}))
+"""
+
+
+def run_script(env_extra):
+    env = {**os.environ, **env_extra}
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, check=True)
+    import json
+
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_fallback_is_forced_by_the_environment():
+    r = run_script({"SELFISH_KERNELS": "reference"})
+    assert r["name"] == "reference" and "SELFISH_KERNELS" in r["report"] and r["err"] < 1e-5
+
+
+@needs_compiled
+def test_generic_instruction_set_is_correct_too():
+    r = run_script({"SELFISH_KERNELS_ISA": "generic"})
+    assert r["name"] == "compiled-cpu (generic)" and r["err"] < 1e-5
+
+
+def test_missing_library_warns_once_and_falls_back(monkeypatch):
+    from selfish_deploy.kernels import loader
+
+    monkeypatch.setattr(loader, "library_path", lambda: None)
+    monkeypatch.delenv("SELFISH_KERNELS", raising=False)
+    loader.load.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert kernels_for("cpu").name == "reference"
+            assert kernels_for("cpu").name == "reference"
+        assert len([w for w in caught if "not built" in str(w.message)]) == 1
+    finally:
+        loader.load.cache_clear()
+
+
+def test_report_command():
+    out = subprocess.run([sys.executable, "-m", "selfish_deploy.kernels"], capture_output=True, text=True, check=True)
+    assert "compiled_cpu" in out.stdout and "ops" in out.stdout
+    if kernels.compiled_available():
+        assert "avx2" in out.stdout or "generic" in out.stdout

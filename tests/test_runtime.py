@@ -1,0 +1,238 @@
+"""The engine: every backend gives the dense reference's numbers; batched scoring and batched generation give
+exactly what one-at-a-time gives; windows, states, stops and the streaming iterator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfish_deploy import kernels
+from selfish_deploy.errors import UserError
+from selfish_deploy.export.writer import export_run
+from selfish_deploy.model import ARCHS
+from selfish_deploy.runtime import SamplingParams, SparseLM, State
+from selfish_deploy.runtime import engine as engine_module
+
+TOL = 1e-5
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """(arch, density, dtype) -> export directory with model.onnx, made on first use."""
+    from conftest import write_run
+
+    root, made = tmp_path_factory.mktemp("runtime"), {}
+
+    def get(arch, density, dtype="fp32", tie=True):
+        key = (arch, density, dtype, tie)
+        if key not in made:
+            name = f"{arch}-{density}-{dtype}-{tie}"
+            run = write_run(root / f"run-{name}", arch=arch, tie=tie, density=density, vocab_size=41, emb=10,
+                            hidden=14, layers=2, seed=len(made))
+            made[key] = root / f"export-{name}"
+            export_run(run, made[key], dtype, onnx=True)
+        return made[key]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("density", [0.05, 0.33, 1.0])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_backends_equal_dense(exports, arch, density, dtype):
+    path = exports(arch, density, dtype, tie=density != 0.33)
+    lms = {b: SparseLM.load(path, backend=b) for b in ("sparse", "dense", "onnx")}
+    gen = torch.Generator().manual_seed(0)
+    for B in (1, 3, 64):
+        tokens = torch.randint(0, 41, (5, B), generator=gen)
+        state = lms["dense"].init_state(B).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
+        want, want_state = lms["dense"].forward(tokens, state)
+        for name in ("sparse", "onnx"):
+            got, got_state = lms[name].forward(tokens, state)
+            assert got.shape == (5, B, 41)
+            assert rel_err(got, want) < TOL, (name, B)
+            for a, b in zip(got_state.tensors(), want_state.tensors()):
+                assert rel_err(a, b) < TOL
+
+
+def test_fallback_kernels_equal_compiled(exports, monkeypatch):
+    path = exports("lstm", 0.33)
+    compiled = SparseLM.load(path)
+    monkeypatch.setattr(kernels, "kernels_for", lambda device, threads=None: kernels.Reference())
+    reference = SparseLM.load(path)
+    assert reference.backend.kernels_name == "reference"
+    tokens = torch.randint(0, 41, (6, 4), generator=torch.Generator().manual_seed(1))
+    assert rel_err(compiled.forward(tokens)[0], reference.forward(tokens)[0]) < TOL
+    seqs = [[0, 5, 7, 9], [0, 3], [0, 1, 2, 3, 4, 5, 6]]
+    a = [x for s in compiled.score_ids(seqs, top_logprobs=1) for x in s.logprobs]
+    b = [x for s in reference.score_ids(seqs, top_logprobs=1) for x in s.logprobs]
+    assert rel_err(torch.tensor(a), torch.tensor(b)) < TOL
+
+
+def test_greedy_generation_is_the_same_on_every_backend(exports):
+    path = exports("gru", 0.33)
+    outs = {b: SparseLM.load(path, backend=b).generate([0, 3, 4], max_tokens=12, temperature=0).token_ids
+            for b in ("sparse", "dense", "onnx")}
+    assert outs["sparse"] == outs["dense"] == outs["onnx"] and len(outs["sparse"]) == 12
+
+
+SEQS = [[0, 5, 7, 9, 11, 2], [0, 3], [4], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [9, 9, 9, 1]]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_scoring_is_exactly_one_at_a_time(exports, arch):
+    lm = SparseLM.load(exports(arch, 0.33))
+    together = lm.score_ids(SEQS, top_logprobs=1)
+    for seq, got in zip(SEQS, together):
+        alone = lm.score_ids([seq], top_logprobs=1)[0]
+        assert got.logprobs == alone.logprobs and got.top == alone.top  # bit for bit
+        assert len(got.logprobs) == len(seq) - 1
+    # and equal to the full log-probabilities of forward()
+    logp, _ = lm.forward(torch.tensor(SEQS[3][:-1]).view(-1, 1))
+    want = logp[:, 0].gather(1, torch.tensor(SEQS[3][1:]).view(-1, 1)).view(-1)
+    assert rel_err(torch.tensor(together[3].logprobs), want) < TOL
+    assert [t[0][0] for t in together[3].top] == logp[:, 0].argmax(1).tolist()
+
+
+def test_long_texts_are_scored_in_windows_with_the_state_carried(exports, monkeypatch):
+    lm = SparseLM.load(exports("lstm", 0.33))
+    seq = torch.randint(0, 41, (200,), generator=torch.Generator().manual_seed(3)).tolist()
+    whole = lm.score_ids([seq, seq[:50]])
+    monkeypatch.setattr(engine_module, "MAX_WINDOW_COLUMNS", 14)  # 7 steps of 2 sequences per window
+    windowed = lm.score_ids([seq, seq[:50]])
+    assert [s.logprobs for s in windowed] == [s.logprobs for s in whole]
+
+
+def test_top_logprobs_beyond_one(exports):
+    lm = SparseLM.load(exports("lstm", 0.33))
+    s = lm.score_ids([[0, 1, 2, 3]], top_logprobs=3)[0]
+    logp, _ = lm.forward(torch.tensor([0, 1, 2]).view(-1, 1))
+    vals, idx = logp[:, 0].topk(3, dim=1)
+    assert [[i for i, _ in t] for t in s.top] == idx.tolist()
+    assert rel_err(torch.tensor([[v for _, v in t] for t in s.top]), vals) < TOL
+
+
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+def test_batched_generation_is_exactly_one_at_a_time(exports, backend):
+    lm = SparseLM.load(exports("lstm", 0.33), backend=backend)
+    prompts = [[0, 3, 4], [0], [0, 7, 7, 7, 2], [0, 1]]
+    params = [SamplingParams(max_tokens=9, seed=1), SamplingParams(max_tokens=4, temperature=0.7, top_k=5, seed=2),
+              SamplingParams(max_tokens=12, top_p=0.8, seed=3, repetition_penalty=1.3),
+              SamplingParams(max_tokens=7, temperature=0)]
+    together = lm.generate_batch(prompts, params)
+    for p, sp, got in zip(prompts, params, together):
+        alone = lm.generate(p, sp)
+        assert got.token_ids == alone.token_ids and got.logprobs == pytest.approx(alone.logprobs, rel=1e-6)
+        assert len(got.token_ids) == sp.max_tokens and got.finish_reason == "length"
+
+
+def test_sequences_join_and_leave_between_steps(exports):
+    lm = SparseLM.load(exports("lstm", 0.33))
+    gen = lm.batch_generator()
+    a = gen.add([0, 3], SamplingParams(max_tokens=10, seed=5))
+    for _ in range(3):
+        gen.step()
+    b = gen.add([0, 9, 1], SamplingParams(max_tokens=4, seed=6))  # joins mid-way
+    c = gen.add([0, 2], SamplingParams(max_tokens=8, seed=7))
+    gen.step()
+    gen.cancel(c)  # a client went away
+    assert len(gen) == 2 and c.finish_reason == "abort"
+    while gen:
+        gen.step()
+    assert a.token_ids == lm.generate([0, 3], max_tokens=10, seed=5).token_ids
+    assert b.token_ids == lm.generate([0, 9, 1], max_tokens=4, seed=6).token_ids
+
+
+def test_stop_strings_eos_and_zero_tokens(exports):
+    lm = SparseLM.load(exports("lstm", 0.33))
+    eos = lm.vocab.eos_id
+    runs = [lm.generate([0, 3], max_tokens=15, temperature=1.5, seed=s) for s in range(60)]
+    full = next(r for r in runs if eos not in r.token_ids[:6])
+    seed = runs.index(full)
+    target = f"{full.tokens[3]} {full.tokens[4]}"  # a stop string spanning two tokens
+    stopped = lm.generate([0, 3], max_tokens=15, temperature=1.5, seed=seed, stop=(target,))
+    assert stopped.finish_reason == "stop" and target not in stopped.text
+    assert full.text.startswith(stopped.text) and stopped.token_ids == full.token_ids[:5]
+    with_eos = next(r for r in runs if eos in r.token_ids)  # 60 seeds: one of them says <eos>
+    seed = runs.index(with_eos)
+    cut = lm.generate([0, 3], max_tokens=15, temperature=1.5, seed=seed, stop_at_eos=True)
+    assert cut.token_ids == with_eos.token_ids[:with_eos.token_ids.index(eos) + 1] and cut.finish_reason == "stop"
+    by_id = lm.generate([0, 3], max_tokens=15, temperature=1.5, seed=seed, stop_token_ids=(eos,))
+    assert by_id.token_ids == cut.token_ids
+    none = lm.generate([0, 3], max_tokens=0)
+    assert none.token_ids == [] and none.finish_reason == "length"
+
+
+def test_stream_yields_the_generated_text_held_back_for_stop_strings(exports):
+    lm = SparseLM.load(exports("lstm", 0.33))
+    free = lm.generate([0, 3], max_tokens=10, seed=4)
+    params = SamplingParams(max_tokens=10, seed=4, stop=(f"{free.tokens[5]} zz", "qq"))  # prefixes, never hit
+    events = list(lm.stream([0, 3], params))
+    done = lm.generate([0, 3], params)
+    assert done.text == free.text
+    assert [e.token_id for e in events] == done.token_ids
+    assert "".join(e.text for e in events) == done.text and events[-1].finished
+    assert all(not e.finished for e in events[:-1])
+
+
+def test_text_api(exports):
+    lm = SparseLM.load(exports("lstm", 0.33))
+    s = lm.score("w3 w4 w5\nw6")
+    assert s.tokens == ["w3", "w4", "w5", "<eos>", "w6", "<eos>"] and len(s.logprobs) == 6
+    assert lm.score_texts(["w3 w4 w5\nw6", "w9"])[0].logprobs == s.logprobs
+    assert lm.prompt_ids("w3 w4") == [lm.vocab.eos_id, 3, 4]
+
+
+def test_state_selects_and_concatenates_rows():
+    s = State.zeros([3, 2], 4, lstm=True).map(lambda t: torch.arange(t.numel(), dtype=torch.float).view(t.shape))
+    picked = s.select([2, 0])
+    assert picked.batch_size == 2 and torch.equal(picked[0][0][0], s[0][0][2])
+    joined = State.cat([picked, s.select([1])])
+    assert joined.batch_size == 3 and torch.equal(joined[1][1][2], s[1][1][1])
+    g = State.zeros([5], 2, lstm=False)
+    assert State.cat([g, g]).batch_size == 4 and isinstance(g[0], torch.Tensor)
+
+
+def test_bad_input_is_a_user_error(exports):
+    lm = SparseLM.load(exports("lstm", 0.33))
+    with pytest.raises(UserError):
+        lm.forward(torch.tensor([[41]]))
+    with pytest.raises(UserError):
+        lm.score_ids([[]])
+    with pytest.raises(UserError):
+        lm.score_ids([[0, -1]])
+    with pytest.raises(UserError):
+        lm.batch_generator().add([], SamplingParams())
+    with pytest.raises(UserError):
+        SparseLM.load(exports("lstm", 0.33), backend="tpu")
+    with pytest.raises(UserError):
+        SparseLM.load(exports("lstm", 0.33), threads=0)
+
+
+def test_onnx_backend_needs_the_graph(tmp_path, make_run):
+    run = make_run(arch="lstm")
+    export_run(run, tmp_path / "plain")
+    with pytest.raises(UserError, match="model.onnx"):
+        SparseLM.load(tmp_path / "plain", backend="onnx")
+
+
+def test_info(exports):
+    info = SparseLM.load(exports("gru", 0.33)).info()
+    assert info["arch"] == "gru" and info["backend"] == "sparse" and 0.3 < info["density"] < 0.4
+    if kernels.compiled_available():
+        assert info["kernels"].startswith("compiled-cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sparse_equals_cpu(exports):
+    path = exports("lstm", 0.33)
+    cpu, gpu = SparseLM.load(path), SparseLM.load(path, device="cuda")
+    tokens = torch.randint(0, 41, (7, 5), generator=torch.Generator().manual_seed(0))
+    assert rel_err(gpu.forward(tokens)[0].cpu(), cpu.forward(tokens)[0]) < TOL
+    assert cpu.generate([0, 3], max_tokens=8, temperature=0).token_ids == \
+        gpu.generate([0, 3], max_tokens=8, temperature=0).token_ids
