@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_maps_training_and_serving_under_the_package(tmp_path):
+    env = {**os.environ, "SELFISH_NO_KERNELS": "1"}  # the layout only: the kernels' build is tested below
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(REPO)], check=True)
+                    "-w", str(tmp_path), str(REPO)], check=True, env=env)
     wheel = next(tmp_path.glob("selfish_deploy-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("selfish_deploy/training/trainer.py", "selfish_deploy/training/methods/static.py",
@@ -40,3 +42,16 @@ def test_editable_install_imports_from_the_source_tree():
 
     assert Path(trainer.__file__).resolve() == REPO / "training" / "trainer.py"
     assert Path(app.__file__).resolve() == REPO / "serving" / "app.py"
+
+
+def test_editable_install_built_the_compiled_kernels():
+    """`pip install -e .` (make test's install) compiles csrc/cpu next to the loader, and it loads."""
+    import shutil
+
+    from selfish_deploy import kernels
+
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        import pytest
+
+        pytest.skip("no C++ compiler: the runtime uses the PyTorch reference kernels")
+    assert kernels.report()["compiled_cpu"], kernels.report()["status"]

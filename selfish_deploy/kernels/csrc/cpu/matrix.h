@@ -5,9 +5,9 @@
 //   dense: row-major fp32 (matrices that the export kept dense, density 1.0)
 //
 // The canonical order of a row's sum (what makes a column's result independent of how many columns are
-// computed with it): the p-th stored entry of the row goes to partial sum p % 8 (a fused multiply-add where
-// the CPU has one), the partial sums are combined as ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)).
-// dot1 (one column; AVX2 gathers) and dot_block8 (8 columns in vector lanes) follow it exactly.
+// computed with it): the row's stored entries in order, one multiply-add each (fused where the CPU has FMA).
+// dot1, dot1_rows8 (8 rows, one column) and dot_block (8 * NV columns in vector lanes) follow it exactly;
+// the throughput comes from independent chains: 8 rows at batch 1, 64 columns per pass over a row otherwise.
 #pragma once
 #include <cstdint>
 
@@ -80,68 +80,69 @@ struct Dense {
 
 static inline float tree8(vf8 s) { return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])); }
 
-// sum_i val(i) * X[col(i) * ldx] (one column of X), in the canonical order, portable version.
-template <class Row>
-static inline float dot1_portable(const Row& row, const float* X, int64_t ldx) {
-    float s[8] = {};
-    int64_t i = 0, n = row.n;
-    for (; i + 8 <= n; i += 8) {
-        for (int q = 0; q < 8; ++q) s[q] += row.val(i + q) * X[row.col(i + q) * ldx];
-    }
-    for (int q = 0; i + q < n; ++q) s[q] += row.val(i + q) * X[row.col(i + q) * ldx];
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-}
-
-#if SD_AVX2
-// The same sum with AVX2 (lane q holds partial sum q), for ldx == 1.
-static inline __m256 load8_values(const float* v) { return _mm256_loadu_ps(v); }
-static inline __m256 load8_values(const _Float16* v) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)v)); }
-static inline __m256 load8_values(const bf16* v) {
-    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)v));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-
-// Lane q gets X[col(i + q)]: eight scalar loads and inserts, faster than vgatherdps on AMD Zen cores
-// (measured: 1.9 vs 1.2 non-zeros per ns at density 0.33, a 2600 x 650 matrix, one core).
-template <class I, class V>
-static inline float dot1_gather(const CsrRow<I, V>& row, const float* X) {
-    __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0, n = row.n;
-    const I* c = row.c;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_set_ps(X[c[i + 7]], X[c[i + 6]], X[c[i + 5]], X[c[i + 4]], X[c[i + 3]], X[c[i + 2]],
-                                 X[c[i + 1]], X[c[i]]);
-        acc = _mm256_fmadd_ps(load8_values(row.v + i), x, acc);
-    }
-    vf8 s;
-    std::memcpy(&s, &acc, sizeof s);
-    for (int q = 0; i + q < n; ++q) s[q] += row.val(i + q) * X[row.col(i + q)];
-    return tree8(s);
-}
-#endif
-
+// sum_i val(i) * X[col(i) * ldx] for one column of X, in the canonical order.
 template <class Row>
 static inline float dot1(const Row& row, const float* X, int64_t ldx) {
-    return dot1_portable(row, X, ldx);
+    float s = 0.f;
+    for (int64_t i = 0; i < row.n; ++i) s = fmadd(row.val(i), X[row.col(i) * ldx], s);
+    return s;
 }
 
-#if SD_AVX2
-template <class I, class V>
-static inline float dot1(const CsrRow<I, V>& row, const float* X, int64_t ldx) {
-    return ldx == 1 ? dot1_gather(row, X) : dot1_portable(row, X, ldx);
-}
-#endif
-
-// The same sums for 8 consecutive columns of X at once (lanes are columns; 8 accumulators by entry % 8).
-template <class Row>
-static inline vf8 dot_block8(const Row& row, const float* X, int64_t ldx) {
-    vf8 a[8] = {};
-    int64_t i = 0, n = row.n;
-    for (; i + 8 <= n; i += 8) {
-        for (int q = 0; q < 8; ++q) a[q] += vsplat(row.val(i + q)) * vload(X + row.col(i + q) * ldx);
+// dot1 of 8 consecutive rows [r0, r0 + 8) with one column of X: out[k] equals dot1(row r0 + k) bit for bit,
+// but the 8 sums are independent chains, so the loop runs at the loads' pace instead of the adds' latency.
+template <class M>
+static inline void dot1_rows8(const M& W, int64_t r0, const float* X, int64_t ldx, float* out) {
+    decltype(W.row(r0)) rows[8] = {W.row(r0), W.row(r0 + 1), W.row(r0 + 2), W.row(r0 + 3),
+                                   W.row(r0 + 4), W.row(r0 + 5), W.row(r0 + 6), W.row(r0 + 7)};
+    int64_t m = rows[0].n, longest = rows[0].n;
+    for (int k = 1; k < 8; ++k) {
+        m = rows[k].n < m ? rows[k].n : m;
+        longest = rows[k].n > longest ? rows[k].n : longest;
     }
-    for (int q = 0; i + q < n; ++q) a[q] += vsplat(row.val(i + q)) * vload(X + row.col(i + q) * ldx);
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f, s5 = 0.f, s6 = 0.f, s7 = 0.f;
+    for (int64_t i = 0; i < m; ++i) {
+        s0 = fmadd(rows[0].val(i), X[rows[0].col(i) * ldx], s0);
+        s1 = fmadd(rows[1].val(i), X[rows[1].col(i) * ldx], s1);
+        s2 = fmadd(rows[2].val(i), X[rows[2].col(i) * ldx], s2);
+        s3 = fmadd(rows[3].val(i), X[rows[3].col(i) * ldx], s3);
+        s4 = fmadd(rows[4].val(i), X[rows[4].col(i) * ldx], s4);
+        s5 = fmadd(rows[5].val(i), X[rows[5].col(i) * ldx], s5);
+        s6 = fmadd(rows[6].val(i), X[rows[6].col(i) * ldx], s6);
+        s7 = fmadd(rows[7].val(i), X[rows[7].col(i) * ldx], s7);
+    }
+    float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
+    for (int64_t i = m; i < longest; ++i) {  // the longer rows' tails, still interleaved
+        for (int k = 0; k < 8; ++k)
+            if (i < rows[k].n) s[k] = fmadd(rows[k].val(i), X[rows[k].col(i) * ldx], s[k]);
+    }
+    for (int k = 0; k < 8; ++k) out[k] = s[k];
+}
+
+// The same sums for 8 * NV consecutive columns of X at once (lanes are columns).
+template <int NV, class Row>
+static inline void dot_block(const Row& row, const float* X, int64_t ldx, vf8* acc) {
+    for (int q = 0; q < NV; ++q) acc[q] = vf8{};
+    for (int64_t i = 0; i < row.n; ++i) {
+        const vf8 v = vsplat(row.val(i));
+        const float* x = X + row.col(i) * ldx;
+        for (int q = 0; q < NV; ++q) acc[q] = vfmadd(v, vload(x + 8 * q), acc[q]);
+    }
+}
+
+// One row times columns [0, nc) of X into y[0, nc) (plus b): blocks of 64, then 8, then single columns.
+template <class Row>
+static inline void dot_cols(const Row& row, const float* X, int64_t ldx, int64_t nc, float b, float* y) {
+    int64_t j = 0;
+    vf8 acc[8];
+    for (; j + 64 <= nc; j += 64) {
+        dot_block<8>(row, X + j, ldx, acc);
+        for (int q = 0; q < 8; ++q) vstore(y + j + 8 * q, acc[q] + vsplat(b));
+    }
+    for (; j + 8 <= nc; j += 8) {
+        dot_block<1>(row, X + j, ldx, acc);
+        vstore(y + j, acc[0] + vsplat(b));
+    }
+    for (; j < nc; ++j) y[j] = dot1(row, X + j, ldx) + b;
 }
 
 // Dense rows at batch 1: contiguous, so vectorised along the row (32 partial sums, then a fixed tree).
@@ -150,13 +151,13 @@ static inline float dense_dot1(const float* w, const float* x, int64_t n) {
     vf8 a = {}, b = {}, c = {}, d = {};
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        a += vload(w + i) * vload(x + i);
-        b += vload(w + i + 8) * vload(x + i + 8);
-        c += vload(w + i + 16) * vload(x + i + 16);
-        d += vload(w + i + 24) * vload(x + i + 24);
+        a = vfmadd(vload(w + i), vload(x + i), a);
+        b = vfmadd(vload(w + i + 8), vload(x + i + 8), b);
+        c = vfmadd(vload(w + i + 16), vload(x + i + 16), c);
+        d = vfmadd(vload(w + i + 24), vload(x + i + 24), d);
     }
     vf8 s = (a + b) + (c + d);
     float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    for (; i < n; ++i) t += w[i] * x[i];
+    for (; i < n; ++i) t = fmadd(w[i], x[i], t);
     return t;
 }
