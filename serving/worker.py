@@ -195,10 +195,12 @@ class InferenceWorker:
                     gen.cancel(seq)
                     del active[sid]
                     job.push(asyncio.CancelledError())
+            if active:
+                self._running = len(active)
+                self.metrics.running.set(len(active))
+                self._step(gen, active)
             self._running = len(active)
             self.metrics.running.set(len(active))
-            if active:
-                self._step(gen, active)
         log.info("inference worker stopped")
 
     def _take(self, n_active: int) -> tuple[list[ScoreJob] | None, list[GenerateJob]]:
