@@ -21,7 +21,9 @@ INDEX_BITS = {torch.uint16: 16, torch.int32: 32}
 class SdMatrix(ctypes.Structure):
     _fields_ = [("rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("layout", ctypes.c_int32),
                 ("index_bits", ctypes.c_int32), ("value_type", ctypes.c_int32), ("reserved", ctypes.c_int32),
-                ("crow", ctypes.c_void_p), ("col", ctypes.c_void_p), ("val", ctypes.c_void_p)]
+                ("crow", ctypes.c_void_p), ("col", ctypes.c_void_p), ("val", ctypes.c_void_p),
+                ("sell_ptr", ctypes.c_void_p), ("sell_col", ctypes.c_void_p), ("sell_val", ctypes.c_void_p),
+                ("sell_block", ctypes.c_int64)]
 
 
 def _ptr(t: torch.Tensor | None):
@@ -43,18 +45,23 @@ def _cols(x: torch.Tensor, name: str, rows: int) -> int:
     return x.stride(0) if x.shape[0] > 1 else max(1, x.shape[1])
 
 
-def struct(w: Matrix) -> SdMatrix:
-    if w._struct is None:
+def struct(w: Matrix, block_rows: int | None = None) -> SdMatrix:
+    """The C view of ``w``, with its SELL-8 copy in blocks of ``block_rows`` rows (default: all rows)."""
+    block_rows = block_rows or w.rows
+    if block_rows not in w._struct:
         if w.device.type != "cpu":
             raise ValueError("compiled CPU kernels need CPU weights")
         if w.is_sparse:
             if w.values.dtype not in VALUE_TYPES or w.col.dtype not in INDEX_BITS:
                 raise ValueError(f"unsupported CSR dtypes {w.col.dtype}/{w.values.dtype}")
-            w._struct = SdMatrix(w.rows, w.cols, 0, INDEX_BITS[w.col.dtype], VALUE_TYPES[w.values.dtype], 0,
-                                 w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr())
+            ptr, col, val = w.sell(block_rows)
+            w._struct[block_rows] = SdMatrix(w.rows, w.cols, 0, INDEX_BITS[w.col.dtype], VALUE_TYPES[w.values.dtype], 0,
+                                 w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr(), ptr.data_ptr(),
+                                 col.data_ptr(), val.data_ptr(), block_rows)
         else:
-            w._struct = SdMatrix(w.rows, w.cols, 1, 0, 0, 0, None, None, w.dense.data_ptr())
-    return w._struct
+            w._struct[block_rows] = SdMatrix(w.rows, w.cols, 1, 0, 0, 0, None, None, w.dense.data_ptr(), None,
+                                             None, None, 0)
+    return w._struct[block_rows]
 
 
 class CompiledKernels:
@@ -127,7 +134,7 @@ class CompiledKernels:
         out = torch.empty(H, T * B) if out is None else out
         _check(out, "out", (H, T * B))
         if T * B:
-            self._ok(self.lib.sd_recurrent(CELLS[cell], ctypes.byref(struct(w_hh)),
+            self._ok(self.lib.sd_recurrent(CELLS[cell], ctypes.byref(struct(w_hh, H)),
                                            _ptr(b_hh if cell == "gru" else None), _ptr(g), ldg, T, B, _ptr(h),
                                            _ptr(c if cell == "lstm" else None), _ptr(out), max(T * B, 1),
                                            self.threads), "recurrent")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch  # noqa: F401  loaded first: the kernels then share PyTorch's OpenMP runtime (one thread pool)
 
 log = logging.getLogger(__name__)
-ABI_VERSION = 1
+ABI_VERSION = 2
 HERE = Path(__file__).resolve().parent
 
 

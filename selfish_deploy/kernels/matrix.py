@@ -38,7 +38,8 @@ class Matrix:
             self.shape = tuple(dense.shape)
             self.dense = dense.to(self.device, torch.float32).contiguous()
             self.nnz = dense.numel()
-        self._struct = None  # ctypes view, built by the compiled kernels on first use
+        self._sell: dict[int, tuple] = {}
+        self._struct: dict[int, object] = {}  # ctypes views by SELL block height (compiled.py)
 
     @property
     def is_sparse(self) -> bool:
@@ -55,7 +56,42 @@ class Matrix:
     def nbytes(self) -> int:
         if self.dense is not None:
             return self.dense.numel() * 4
-        return sum(t.numel() * t.element_size() for t in (self.crow, self.col, self.values))
+        parts = [self.crow, self.col, self.values, *(t for sell in self._sell.values() for t in sell)]
+        return sum(t.numel() * t.element_size() for t in parts)
+
+    def sell(self, block_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The CSR as SELL-8 for batch-1 products (kernels/csrc/cpu/matrix.h): slices of 8 rows within blocks
+        of ``block_rows`` (a gate's rows, for a recurrent matrix), padded to the slice's longest row, entry i
+        of the 8 rows stored together::
+
+            rows r0..r0+7 of a slice:  [v(r0,0) .. v(r0+7,0) | v(r0,1) .. v(r0+7,1) | ...]   (0 where a row ended)
+
+        Returns (slice offsets int64, column indices, values), in the stored dtypes; built once per height."""
+        if block_rows not in self._sell:
+            self._sell[block_rows] = self._build_sell(block_rows)
+        return self._sell[block_rows]
+
+    def _build_sell(self, bh: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = self.shape[0]
+        if rows % bh:
+            raise ValueError(f"block of {bh} rows does not divide {rows} rows")
+        counts = (self.crow[1:] - self.crow[:-1]).long()
+        r = torch.arange(rows)
+        per_block = (bh + 7) // 8
+        sid = (r // bh) * per_block + (r % bh) // 8
+        lane = (r % bh) % 8
+        n_slices = (rows // bh) * per_block
+        width = torch.zeros(n_slices, dtype=torch.long).scatter_reduce(0, sid, counts, "amax")
+        ptr = torch.zeros(n_slices + 1, dtype=torch.long)
+        ptr[1:] = torch.cumsum(width * 8, 0)
+        row_of = torch.repeat_interleave(r, counts)
+        i = torch.arange(self.nnz) - self.crow.long()[row_of]
+        dest = ptr[sid[row_of]] + i * 8 + lane[row_of]
+        col = torch.zeros(int(ptr[-1]), dtype=torch.int32)
+        col[dest] = self.col.to(torch.int32)
+        val = torch.zeros(int(ptr[-1]), dtype=self.values.dtype)
+        val[dest] = self.values
+        return ptr, col.to(self.col.dtype).contiguous(), val.contiguous()
 
     @cached_property
     def torch_weight(self) -> torch.Tensor:

@@ -137,7 +137,7 @@ class SparseLM(HubMixin):
         for t0 in range(0, T, window):
             tok, tg, ok = inputs[t0:t0 + window], targets[t0:t0 + window], valid[t0:t0 + window]
             columns = ok.reshape(-1).nonzero().view(-1)  # flat n = t * B + b of the real positions
-            where = [(int(n) // B, int(n) % B) for n in columns]
+            rows = (columns % B).tolist()
             if k <= 1:
                 res, state = self.backend.score(tok, tg, state, top1=k == 1, columns=columns)
                 lps = res["target_lp"].tolist()
@@ -149,7 +149,7 @@ class SparseLM(HubMixin):
                 lps = flat.gather(1, tg.reshape(-1)[columns].view(-1, 1).to(flat.device)).view(-1).tolist()
                 vals, idx = torch.topk(flat, min(k, flat.shape[1]), dim=1)
                 tops = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
-            for j, (_, b) in enumerate(where):  # time-major: each sequence's positions come in order
+            for j, b in enumerate(rows):  # time-major: each sequence's positions come in order
                 out[b].logprobs.append(lps[j])
                 if k:
                     out[b].top.append([tops[j]] if k == 1 else tops[j])

@@ -47,7 +47,7 @@ static int use_avx2() {
 
 extern "C" {
 
-int sd_abi_version() { return 1; }
+int sd_abi_version() { return 2; }
 
 const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
 

@@ -23,6 +23,13 @@ struct sd_matrix {
     const int32_t* crow;
     const void* col;
     const void* val;
+    // The same matrix as SELL-8 (optional, for batch 1): rows in slices of 8 within blocks of sell_block rows
+    // (a gate's rows, for a recurrent matrix), each slice padded to its longest row, entry i of the slice's 8
+    // rows stored together: sell_col/sell_val[sell_ptr[s] + 8 * i + lane]. Padding is column 0, value 0.
+    const int64_t* sell_ptr;
+    const void* sell_col;
+    const void* sell_val;
+    int64_t sell_block;
 };
 }
 
@@ -52,8 +59,14 @@ struct Csr {
     const I* col;
     const V* val;
     int64_t rows, cols;
+    const int64_t* sell_ptr;
+    const I* sell_col;
+    const V* sell_val;
+    int64_t sell_block;
     explicit Csr(const sd_matrix& m)
-        : crow(m.crow), col((const I*)m.col), val((const V*)m.val), rows(m.rows), cols(m.cols) {}
+        : crow(m.crow), col((const I*)m.col), val((const V*)m.val), rows(m.rows), cols(m.cols),
+          sell_ptr(m.sell_ptr), sell_col((const I*)m.sell_col), sell_val((const V*)m.sell_val),
+          sell_block(m.sell_block) {}
     CsrRow<I, V> row(int64_t r) const {
         int64_t b = crow[r];
         return {col + b, val + b, (int64_t)crow[r + 1] - b};
@@ -89,33 +102,39 @@ static inline float dot1(const Row& row, const float* X, int64_t ldx) {
 }
 
 // dot1 of 8 consecutive rows [r0, r0 + 8) with one column of X: out[k] equals dot1(row r0 + k) bit for bit,
-// but the 8 sums are independent chains, so the loop runs at the loads' pace instead of the adds' latency.
-template <class M>
-static inline void dot1_rows8(const M& W, int64_t r0, const float* X, int64_t ldx, float* out) {
-    decltype(W.row(r0)) rows[8] = {W.row(r0), W.row(r0 + 1), W.row(r0 + 2), W.row(r0 + 3),
-                                   W.row(r0 + 4), W.row(r0 + 5), W.row(r0 + 6), W.row(r0 + 7)};
-    int64_t m = rows[0].n, longest = rows[0].n;
-    for (int k = 1; k < 8; ++k) {
-        m = rows[k].n < m ? rows[k].n : m;
-        longest = rows[k].n > longest ? rows[k].n : longest;
+// but the 8 sums are independent chains (lanes), so the loop runs at the loads' pace, not the adds' latency.
+// r0 starts a SELL slice (a multiple of 8 within its block); rows past the block's end come out as 0.
+#if SD_AVX2
+static inline __m256 load8_values(const float* v) { return _mm256_loadu_ps(v); }
+static inline __m256 load8_values(const _Float16* v) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)v)); }
+static inline __m256 load8_values(const bf16* v) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)v));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+#endif
+
+template <class I, class V>
+static inline void rows8(const Csr<I, V>& W, int64_t r0, const float* X, int64_t ldx, float* out) {
+    const int64_t per_block = (W.sell_block + 7) / 8;
+    const int64_t sl = (r0 / W.sell_block) * per_block + (r0 % W.sell_block) / 8;
+    const int64_t b = W.sell_ptr[sl], len = (W.sell_ptr[sl + 1] - b) / 8;
+    const I* c = W.sell_col + b;
+    const V* v = W.sell_val + b;
+#if SD_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
+        // eight scalar loads: faster than vgatherdps on AMD Zen (measured, one core)
+        __m256 x = _mm256_set_ps(X[c[7] * ldx], X[c[6] * ldx], X[c[5] * ldx], X[c[4] * ldx], X[c[3] * ldx],
+                                 X[c[2] * ldx], X[c[1] * ldx], X[c[0] * ldx]);
+        acc = _mm256_fmadd_ps(load8_values(v), x, acc);
     }
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f, s5 = 0.f, s6 = 0.f, s7 = 0.f;
-    for (int64_t i = 0; i < m; ++i) {
-        s0 = fmadd(rows[0].val(i), X[rows[0].col(i) * ldx], s0);
-        s1 = fmadd(rows[1].val(i), X[rows[1].col(i) * ldx], s1);
-        s2 = fmadd(rows[2].val(i), X[rows[2].col(i) * ldx], s2);
-        s3 = fmadd(rows[3].val(i), X[rows[3].col(i) * ldx], s3);
-        s4 = fmadd(rows[4].val(i), X[rows[4].col(i) * ldx], s4);
-        s5 = fmadd(rows[5].val(i), X[rows[5].col(i) * ldx], s5);
-        s6 = fmadd(rows[6].val(i), X[rows[6].col(i) * ldx], s6);
-        s7 = fmadd(rows[7].val(i), X[rows[7].col(i) * ldx], s7);
-    }
-    float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
-    for (int64_t i = m; i < longest; ++i) {  // the longer rows' tails, still interleaved
-        for (int k = 0; k < 8; ++k)
-            if (i < rows[k].n) s[k] = fmadd(rows[k].val(i), X[rows[k].col(i) * ldx], s[k]);
-    }
+    _mm256_storeu_ps(out, acc);
+#else
+    float s[8] = {};
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8)
+        for (int k = 0; k < 8; ++k) s[k] = fmadd(load_value(v, k), X[(int64_t)c[k] * ldx], s[k]);
     for (int k = 0; k < 8; ++k) out[k] = s[k];
+#endif
 }
 
 // The same sums for 8 * NV consecutive columns of X at once (lanes are columns).
@@ -129,7 +148,7 @@ static inline void dot_block(const Row& row, const float* X, int64_t ldx, vf8* a
     }
 }
 
-// One row times columns [0, nc) of X into y[0, nc) (plus b): blocks of 64, then 8, then single columns.
+// One row times columns [0, nc) of X into y[0, nc) (plus b): blocks of 64, then 32, 16, 8, then single columns.
 template <class Row>
 static inline void dot_cols(const Row& row, const float* X, int64_t ldx, int64_t nc, float b, float* y) {
     int64_t j = 0;
@@ -138,9 +157,20 @@ static inline void dot_cols(const Row& row, const float* X, int64_t ldx, int64_t
         dot_block<8>(row, X + j, ldx, acc);
         for (int q = 0; q < 8; ++q) vstore(y + j + 8 * q, acc[q] + vsplat(b));
     }
-    for (; j + 8 <= nc; j += 8) {
+    if (j + 32 <= nc) {
+        dot_block<4>(row, X + j, ldx, acc);
+        for (int q = 0; q < 4; ++q) vstore(y + j + 8 * q, acc[q] + vsplat(b));
+        j += 32;
+    }
+    if (j + 16 <= nc) {
+        dot_block<2>(row, X + j, ldx, acc);
+        for (int q = 0; q < 2; ++q) vstore(y + j + 8 * q, acc[q] + vsplat(b));
+        j += 16;
+    }
+    if (j + 8 <= nc) {
         dot_block<1>(row, X + j, ldx, acc);
         vstore(y + j, acc[0] + vsplat(b));
+        j += 8;
     }
     for (; j < nc; ++j) y[j] = dot1(row, X + j, ldx) + b;
 }
