@@ -6,7 +6,7 @@ settings (``GET /info``); the bounds here are the ones no setting changes.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,8 +15,31 @@ MAX_NEW_TOKENS = 1024  # the default limit (--max-new-tokens)
 MAX_STOP = 8  # stop strings per request
 
 
+def encodable(v):
+    """Strings (also inside lists and dicts) must be UTF-8: JSON can carry a lone surrogate (``"\\ud800"``),
+    which no answer could echo."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (it has a lone surrogate)") from None
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            encodable(x)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            encodable(k)
+            encodable(x)
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _encodable(cls, v):
+        return encodable(v)
 
 
 def _has_words(v: str) -> str:
@@ -26,8 +49,9 @@ def _has_words(v: str) -> str:
 
 
 class ScoreRequest(_Strict):
-    text: str | list[str] = Field(..., description="Whitespace-tokenized text, or a list of texts scored together; "
-                                  "each line is scored up to and including its <eos>.")
+    text: str | Annotated[list[str], Field(min_length=1)] = Field(
+        ..., description="Whitespace-tokenized text, or a list of texts scored together; each line is scored up to "
+        "and including its <eos>.")
 
     @field_validator("text")
     @classmethod
