@@ -9,6 +9,7 @@ lifespan, so the app object itself pickles (Ray Serve ships it to every replica,
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import Callable
 
@@ -109,7 +110,7 @@ def create_app(model: SparseLM | Callable[[], SparseLM], model_name: str | None 
 
         lm = calls.engine(request)
         return {"model": config.model_name, **lm.info(), "limits": config.limits(),
-                "api_key_required": auth}
+                "api_key_required": auth, "pid": os.getpid()}  # pid: which replica or worker answered
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
