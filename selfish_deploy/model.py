@@ -56,6 +56,18 @@ class ModelConfig:
     def out_size(self) -> int:
         return self.layer_sizes()[-1][1]
 
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every parameter of ``RNNLM(self)`` (tied: no ``decoder.weight``), without building it."""
+        shapes = {"encoder.weight": (self.vocab_size, self.emb)}
+        g = GATES[self.arch]
+        for k, (n_in, n_out) in enumerate(self.layer_sizes()):
+            shapes.update({f"rnns.{k}.weight_ih_l0": (g * n_out, n_in), f"rnns.{k}.weight_hh_l0": (g * n_out, n_out),
+                           f"rnns.{k}.bias_ih_l0": (g * n_out,), f"rnns.{k}.bias_hh_l0": (g * n_out,)})
+        if not self.tie_weights:
+            shapes["decoder.weight"] = (self.vocab_size, self.out_size)
+        shapes["decoder.bias"] = (self.vocab_size,)
+        return shapes
+
     def to_dict(self) -> dict:
         return asdict(self)
 

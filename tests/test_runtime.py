@@ -236,3 +236,12 @@ def test_cuda_sparse_equals_cpu(exports):
     assert rel_err(gpu.forward(tokens)[0].cpu(), cpu.forward(tokens)[0]) < TOL
     assert cpu.generate([0, 3], max_tokens=8, temperature=0).token_ids == \
         gpu.generate([0, 3], max_tokens=8, temperature=0).token_ids
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("tie", [True, False])
+def test_parameter_shapes_are_the_modules(arch, tie):
+    from selfish_deploy.model import RNNLM, ModelConfig
+
+    cfg = ModelConfig(arch=arch, vocab_size=30, emb=6, hidden=9, layers=3, tie_weights=tie)
+    assert cfg.parameter_shapes() == {n: tuple(p.shape) for n, p in RNNLM(cfg).named_parameters()}

@@ -64,6 +64,7 @@ class SparseLM(HubMixin):
         self.config = exported.model_config
         self.vocab = exported.vocab
         self.backend = make_backend(backend, exported, self.device, self.threads)
+        self.forward(torch.zeros((1, 1), dtype=torch.long))  # warm: kernels' batch-1 layout, first-call costs
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "sparse", device: str | torch.device = "cpu",
