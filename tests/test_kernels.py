@@ -45,9 +45,13 @@ def poisoned(*shape, dtype=torch.float32):
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def compiled(request):
+    """The compiled kernels with 1 or 2 threads, used even on these small matrices."""
     if not kernels.compiled_available():
         pytest.skip("compiled kernels not built")
-    return kernels_for("cpu", request.param)
+    k = kernels_for("cpu", request.param)
+    k.set_min_work(0)
+    yield k
+    k.set_min_work(32768)
 
 
 GRID = [(d, i, v) for d in (0.0, 0.05, 0.33, 1.0) for i in (torch.uint16, torch.int32)

@@ -77,7 +77,12 @@ class CompiledKernels:
         lib.sd_decoder.argtypes = [sp, vp, vp, i64, i64, vp, vp, vp, vp, vp, i32]
         for f in (lib.sd_spmm, lib.sd_embed, lib.sd_recurrent, lib.sd_decoder):
             f.restype = ctypes.c_int
+        lib.sd_set_min_work.argtypes = [ctypes.c_double]
         self.threads = 1
+
+    def set_min_work(self, work: float) -> None:
+        """Multiply-adds per thread below which a call uses fewer threads (process-wide; 0: always all)."""
+        self.lib.sd_set_min_work(work)
 
     @property
     def isa(self) -> str:

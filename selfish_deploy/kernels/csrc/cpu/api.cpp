@@ -47,6 +47,10 @@ static int use_avx2() {
 
 extern "C" {
 
+double sd_min_work = 32768.0;  // multiply-adds per thread below which a kernel uses fewer threads
+
+void sd_set_min_work(double w) { sd_min_work = w; }
+
 int sd_abi_version() { return 2; }
 
 const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
