@@ -42,7 +42,7 @@ def exports(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("density", [0.05, 0.33, 1.0])
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_backends_equal_dense(exports, arch, density, dtype):
     path = exports(arch, density, dtype, tie=density != 0.33)
     lms = {b: SparseLM.load(path, backend=b) for b in ("sparse", "dense", "onnx")}
@@ -57,6 +57,22 @@ def test_backends_equal_dense(exports, arch, density, dtype):
             assert rel_err(got, want) < TOL, (name, B)
             for a, b in zip(got_state.tensors(), want_state.tensors()):
                 assert rel_err(a, b) < TOL
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_int32_column_indices_give_the_same_numbers(exports, arch):
+    """Matrices wider than 65,536 columns store int32 indices; the same model with int32 indices scores alike."""
+    from selfish_deploy.csr import CSR
+    from selfish_deploy.exportdir import load_export
+
+    path = exports(arch, 0.33)
+    wide = load_export(path)
+    wide.sparse = {n: CSR(c.crow_indices, c.col_indices.to(torch.int32), c.values, c.shape)
+                   for n, c in wide.sparse.items()}
+    a, b = SparseLM(wide), SparseLM.load(path)
+    assert all(m.col.dtype == torch.int32 for m in [a.backend.encoder, a.backend.layers[0][0]])
+    tokens = torch.randint(0, 41, (6, 3), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a.forward(tokens)[0], b.forward(tokens)[0])
 
 
 def test_fallback_kernels_equal_compiled(exports, monkeypatch):
