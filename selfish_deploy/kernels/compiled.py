@@ -10,7 +10,10 @@ import ctypes
 
 import torch
 
+from . import reference
 from .matrix import Matrix
+
+BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyTorch's BLAS beats any kernel of ours
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -103,6 +106,8 @@ class CompiledKernels:
             raise ValueError(f"{op}: unsupported matrix layout or dtype")
 
     def spmm(self, w: Matrix, x: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None):
+        if not w.is_sparse and x.shape[-1] >= BLAS_COLUMNS:
+            return reference.spmm(w, x, bias)
         ldx = _cols(x, "x", w.cols)
         n = x.shape[1]
         if bias is not None:
@@ -124,6 +129,8 @@ class CompiledKernels:
     def recurrent(self, cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tensor, T: int, B: int,
                   h: torch.Tensor, c: torch.Tensor | None, out: torch.Tensor | None = None):
         H = w_hh.cols
+        if not w_hh.is_sparse and B >= BLAS_COLUMNS:
+            return reference.recurrent(cell, w_hh, b_hh, g, T, B, h, c)
         if w_hh.rows != GATES[cell] * H:
             raise ValueError(f"{cell}: W_hh has {w_hh.rows} rows, expected {GATES[cell]} x {H}")
         ldg = _cols(g, "g", w_hh.rows)
@@ -147,6 +154,8 @@ class CompiledKernels:
 
     def decoder(self, w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
                 full: bool = False, top1: bool = False, out: dict | None = None) -> dict[str, torch.Tensor]:
+        if not w.is_sparse and x.shape[-1] >= BLAS_COLUMNS:
+            return reference.decoder(w, bias, x, targets, full, top1)
         ldx = _cols(x, "x", w.cols)
         n = x.shape[1]
         if bias is not None:
