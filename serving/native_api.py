@@ -70,9 +70,12 @@ async def generate(req: GenerateRequest, request: Request):
 
     events = calls.generate_many(request, [(ids, params)])
     if not req.stream:
-        async for _, item in events:
-            if not isinstance(item, TokenEvent):
-                return final(item)
+        try:
+            async for _, item in events:
+                if not isinstance(item, TokenEvent):
+                    return final(item)
+        finally:
+            await events.aclose()
 
     first = await anext(events)  # errors before the first token (queue full, bad ids) are still HTTP errors
 

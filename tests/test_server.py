@@ -113,3 +113,73 @@ def test_malformed_json_and_unknown_route(client):
 def test_openapi_documents_endpoints(client):
     spec = client.get("/openapi.json").json()
     assert {"/v1/score", "/v1/generate", "/health"} <= set(spec["paths"])
+
+
+def test_serving_imports_no_training_only_packages():
+    """The server ships without the ``train`` extra: serving and the runtime never import these."""
+    import subprocess
+    import sys
+
+    import importlib.util
+
+    ray_app = ", selfish_deploy.serving.ray_app" if importlib.util.find_spec("ray") else ""  # the ray extra
+    code = (f"import sys, selfish_deploy.serving.app, selfish_deploy.serving.cli{ray_app}, "
+            "selfish_deploy.runtime; import selfish_deploy.serving.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('matplotlib', 'networkx', 'pyarrow', 'selfish_deploy.training') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_score_a_list_equals_one_at_a_time(client):
+    texts = ["the company said", "shares rose sharply\nthe market fell"]
+    many = client.post("/v1/score", json={"text": texts})
+    assert many.status_code == 200, many.text
+    one = [client.post("/v1/score", json={"text": t}).json() for t in texts]
+    assert many.json()["results"] == one
+    assert [r["num_tokens"] for r in one] == [4, 8]
+
+
+def test_generate_stop_penalty_and_finish_reason(client, lm):
+    from selfish_deploy.runtime import SamplingParams
+
+    base = {"prompt": "the company", "max_new_tokens": 15, "temperature": 0.9, "seed": 8}
+    full = client.post("/v1/generate", json=base).json()
+    assert full["finish_reason"] == "length"
+    ref = lm.generate("the company", SamplingParams(max_tokens=15, temperature=0.9, seed=8))
+    assert full["tokens"] == ref.tokens
+    stop = full["tokens"][5]
+    cut = client.post("/v1/generate", json={**base, "stop": [stop]}).json()
+    assert cut["finish_reason"] == "stop" and cut["text"] == full["text"][:full["text"].index(stop)]
+    pen = client.post("/v1/generate", json={**base, "repetition_penalty": 1.5}).json()
+    ref = lm.generate("the company", SamplingParams(max_tokens=15, temperature=0.9, seed=8, repetition_penalty=1.5))
+    assert pen["tokens"] == ref.tokens
+
+
+def test_generate_stream_is_sse_ending_with_the_full_answer(client):
+    import json
+
+    req = {"prompt": "the company", "max_new_tokens": 7, "temperature": 0.9, "seed": 2}
+    plain = client.post("/v1/generate", json=req).json()
+    with client.stream("POST", "/v1/generate", json={**req, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [block for block in r.read().decode().split("\n\n") if block]
+    kinds = [e.split("\n")[0] for e in events]
+    assert kinds == ["event: token"] * 7 + ["event: done"]
+    data = [json.loads(e.split("\n")[1][len("data: "):]) for e in events]
+    assert [d["token"] for d in data[:-1]] == plain["tokens"]
+    assert "".join(d["text"] for d in data[:-1]) == plain["text"]
+    assert data[-1] == plain
+
+
+def test_info_and_metrics(client, lm):
+    info = client.get("/info").json()
+    assert info["arch"] == "lstm" and info["backend"] == "sparse" and info["kernels"] == lm.info()["kernels"]
+    assert info["limits"]["max_new_tokens"] == MAX_NEW_TOKENS and info["api_key_required"] is False
+    client.post("/v1/score", json={"text": "the"})
+    text = client.get("/metrics").text
+    assert 'selfish:http_requests_total{method="POST",route="/v1/score",status="200"}' in text
+    for name in ("selfish:num_requests_waiting", "selfish:prompt_tokens_total", "selfish:batch_size_bucket",
+                 "selfish:time_to_first_token_seconds_bucket", "selfish:e2e_request_latency_seconds_bucket"):
+        assert name in text
