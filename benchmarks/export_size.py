@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from common import cpu_name
+from common import cpu_name, replace_section
 from selfish_deploy.export.writer import export_run
 from selfish_deploy.masks import MaskRegistry
 from selfish_deploy.model import RNNLM, ModelConfig
@@ -139,19 +139,6 @@ def tables(rows: list[dict], dense: int) -> str:
     return "\n".join(lines)
 
 
-def write_results(body: str) -> None:
-    """Replace (or append) the "## Export size" section of RESULTS.md, leaving other sections alone."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end < 0 else text[end:])
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.33, 0.1])
@@ -184,7 +171,7 @@ def main() -> None:
                 "either way: the memory a session adds is never below that of the dense file (it is above it: the sparse protobuf and the densified copy coexist during loading), and the smaller file brings no consistent gain in load time. Sparse "
                 "initializers shrink the download, not memory or compute; sparse compute is the CSR runtime's "
                 "job. Load times are medians of fresh processes on a shared 2-core machine: noisy.")
-        write_results(note + "\n\n" + table)
+        replace_section(RESULTS, SECTION, f"{SECTION}\n\n{note}\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,9 @@ from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import machine, median_ms, replace_section  # noqa: E402
+
 RESULTS = HERE / "RESULTS.md"
 SECTION = "## Inference speed"
 CASES = {"a": "generation step, batch 1", "b": "score 1 x 2,000 tokens", "c": "score 32 x 64 tokens"}
@@ -36,17 +38,6 @@ def rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return 1000 * statistics.median(samples)
 
 
 def inputs(V: int):
@@ -145,7 +136,7 @@ def worker(engine: str, model: str, threads: int, repeats: int) -> dict:
     out = {"engine": engine, "kernels": kernels, "rss_before_mib": before, "rss_after_mib": after}
     reps = {"a": max(50, 20 * repeats), "b": repeats, "c": repeats}
     for k, fn in cases.items():
-        out[k] = median_ms(fn, reps[k])
+        out[k] = median_ms(fn, reps[k], warmup=2)
     out["rss_end_mib"] = rss_mib()
     return out
 
@@ -217,15 +208,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
-    start = old.find(SECTION)
-    if start >= 0:
-        end = old.find("\n## ", start + len(SECTION))
-        old = old[:start] + old[end + 1:] if end >= 0 else old[:start]
-    RESULTS.write_text(old.rstrip() + "\n\n" + text.rstrip() + "\n")
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         print(json.dumps(worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
@@ -247,8 +229,6 @@ def main() -> None:
                     "its model card: selfish-export --refresh DIR --speed-report FILE")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(HERE))
-    from common import machine
     from export_size import write_reference_run
 
     from selfish_deploy.assets import default_model_dir
@@ -312,7 +292,7 @@ def main() -> None:
                 for k, name in CASES.items()]
         args.card_json.write_text(json.dumps({"machine": machine(), "date": str(date.today()), "rows": card}, indent=1))
     if args.write_results:
-        write_results(text)
+        replace_section(RESULTS, SECTION, text)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,14 @@ def test_mean_training_density_weights_steps_and_tensor_sizes():
 def test_mean_training_density_of_a_fixed_mask_is_its_density():
     records = [{"event": "epoch", "step": s, "density": {"w": 0.33}} for s in (5, 10, 15)]
     assert abs(mean_training_density(records, {"w": 10}) - 0.33) < 1e-12
+
+
+def test_replace_section_keeps_the_other_sections_in_place(tmp_path):
+    from common import replace_section
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# R\n\n## A\nold a\n\n## B\nb\n")
+    replace_section(results, "## A", "## A\n\nnew a\n")
+    assert results.read_text() == "# R\n\n## A\n\nnew a\n## B\nb\n"
+    replace_section(results, "## C", "## C\nc")
+    assert results.read_text().endswith("## B\nb\n\n## C\nc\n")
