@@ -31,6 +31,6 @@ def test_replace_section_keeps_the_other_sections_in_place(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# R\n\n## A\nold a\n\n## B\nb\n")
     replace_section(results, "## A", "## A\n\nnew a\n")
-    assert results.read_text() == "# R\n\n## A\n\nnew a\n## B\nb\n"
+    assert results.read_text() == "# R\n\n## A\n\nnew a\n\n## B\nb\n"
     replace_section(results, "## C", "## C\nc")
     assert results.read_text().endswith("## B\nb\n\n## C\nc\n")
