@@ -67,8 +67,9 @@ def filtered_logits(logp: torch.Tensor, params: Sequence[SamplingParams],
     B, V = logp.shape
     dev = logp.device
     logits = logp.float()
-    pen = torch.tensor([p.repetition_penalty for p in params], device=dev).view(B, 1)
-    if seen is not None and bool((pen != 1).any()):
+    # which filters are on is decided from the parameters (host values), never from device tensors: no sync
+    if seen is not None and any(p.repetition_penalty != 1.0 for p in params):
+        pen = torch.tensor([p.repetition_penalty for p in params], device=dev).view(B, 1)
         # CTRL / HF: a seen token's logit is divided by the penalty when positive, multiplied when negative;
         # log-probabilities are never positive, so they are multiplied.
         logits = torch.where(seen & (pen != 1), torch.where(logits > 0, logits / pen, logits * pen), logits)
@@ -78,8 +79,8 @@ def filtered_logits(logp: torch.Tensor, params: Sequence[SamplingParams],
     rank = torch.arange(V, device=dev).view(1, V)
     k = torch.tensor([p.top_k if 0 < p.top_k < V else V for p in params], device=dev).view(B, 1)
     sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
-    top_p = torch.tensor([p.top_p for p in params], device=dev).view(B, 1)
-    if bool((top_p < 1).any()):
+    if any(p.top_p < 1.0 for p in params):
+        top_p = torch.tensor([p.top_p for p in params], device=dev).view(B, 1)
         probs = torch.softmax(sorted_logits, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above
         sorted_logits = sorted_logits.masked_fill((before >= top_p) & (rank > 0), float("-inf"))
@@ -99,7 +100,7 @@ def sample(logp: torch.Tensor, params: Sequence[SamplingParams], generators: Seq
     kept = (sorted_logits > float("-inf")).sum(dim=-1, keepdim=True)
     pos = torch.minimum(pos, kept - 1)
     tokens = order.gather(1, pos).view(B)
-    greedy = torch.tensor([p.greedy for p in params], device=logp.device)
-    if bool(greedy.any()):
+    if any(p.greedy for p in params):
+        greedy = torch.tensor([p.greedy for p in params], device=logp.device)
         tokens = torch.where(greedy, order[:, 0], tokens)
     return tokens
