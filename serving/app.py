@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from selfish_deploy.runtime import SparseLM
 
 from . import errors, native_api, openai_api
-from .auth import ApiKeyMiddleware
+from .auth import OPEN, ApiKeyMiddleware, document_bearer
 from .config import ServeConfig
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics
@@ -56,6 +56,17 @@ class RequestCounter:
                 metrics.requests.labels(route, scope.get("method", ""), str(status[0])).inc()
 
 
+class SelfishAPI(FastAPI):
+    """FastAPI whose OpenAPI schema declares the API key when one is required."""
+
+    def openapi(self) -> dict:
+        schema = super().openapi()
+        config = self.state.config
+        if config.api_key is not None:  # idempotent: the schema is cached and this runs on every call
+            document_bearer(schema, OPEN if config.metrics_need_key else OPEN + ("/metrics",))
+        return schema
+
+
 def create_app(model: SparseLM | Callable[[], SparseLM], model_name: str | None = None,
                config: ServeConfig | None = None) -> FastAPI:
     """An app serving ``model``: a loaded SparseLM, or a function that loads one in the worker thread
@@ -82,7 +93,7 @@ def create_app(model: SparseLM | Callable[[], SparseLM], model_name: str | None 
             app.state.worker.stop()
 
     auth = config.api_key is not None
-    app = FastAPI(title="selfish-deploy", version="0.1.0", lifespan=lifespan,
+    app = SelfishAPI(title="selfish-deploy", version="0.1.0", lifespan=lifespan,
                   description="Scoring and generation with a sparse recurrent language model: native endpoints "
                   "and an OpenAI-compatible API (vLLM's shapes).",
                   responses=errors.documented(errors.ErrorResponse, auth, (400, 429, 504)))

@@ -32,3 +32,14 @@ class ApiKeyMiddleware:
             message = "missing API key: send 'Authorization: Bearer <key>'" if not given else "invalid API key"
             return await send_error(scope, send, 401, message, {"WWW-Authenticate": "Bearer"})
         return await self.app(scope, receive, send)
+
+
+def document_bearer(schema: dict, open_paths: tuple[str, ...]) -> dict:
+    """Declare the Bearer scheme in the OpenAPI schema and require it on every operation but ``open_paths``."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "the server's API key"}
+    for path, operations in schema.get("paths", {}).items():
+        if path not in open_paths:
+            for op in operations.values():
+                op["security"] = [{"bearer": []}]
+    return schema
