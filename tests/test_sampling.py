@@ -99,3 +99,20 @@ def test_repetition_penalty_lowers_seen_tokens():
 def test_invalid_parameters_are_user_errors(bad):
     with pytest.raises(UserError):
         SamplingParams(**bad)
+
+
+def test_a_wide_nucleus_grows_past_the_first_candidates():
+    """top-p without top-k starts from 64 candidates and widens: here the nucleus holds ~180 of 400 tokens."""
+    logp = torch.log_softmax(torch.linspace(0.0, -1.0, 400), -1)
+    params = SamplingParams(top_p=0.5)
+    sorted_logits, order = filtered_logits(logp.view(1, -1), [params])
+    expected = torch.zeros(400)
+    expected[order[0]] = torch.softmax(sorted_logits[0], -1)
+    assert int((expected > 0).sum()) > 64
+    n = 40_000
+    tokens = draw(params, n, seed=3, logp=logp)
+    counts = torch.bincount(tokens, minlength=400).float()
+    assert counts[expected == 0].sum() == 0
+    keep = expected > 0
+    _, pvalue = chisquare(counts[keep].numpy(), (expected[keep] * n).numpy())
+    assert pvalue > 1e-3
