@@ -55,10 +55,13 @@ async def score(request: Request, seqs: list[list[int]], top: int = 0) -> list[T
             job.cancel()
 
 
-async def generate_many(request: Request, prompts: list[tuple[list[int], SamplingParams]]
+async def generate_many(request: Request, prompts: list[tuple[list[int], SamplingParams]], watch: bool = True
                         ) -> AsyncIterator[tuple[int, TokenEvent | object]]:
     """Generate several sequences at once: ``(index, TokenEvent)`` as tokens come, ``(index, Completion)``
-    when one ends. All are cancelled if the consumer stops early, the client leaves or time runs out."""
+    when one ends. All are cancelled if the consumer stops early, the client leaves or time runs out.
+
+    ``watch``: check every POLL_S that the client is still there (for a streamed response Starlette does
+    that itself, and two readers of the connection would compete)."""
     w = worker(request)
     jobs: list[GenerateJob] = []
     try:
@@ -77,15 +80,19 @@ async def generate_many(request: Request, prompts: list[tuple[list[int], Samplin
         tasks = [asyncio.create_task(pump(i, j)) for i, j in enumerate(jobs)]
         deadline = time.monotonic() + request.app.state.config.request_timeout_s
         left = len(jobs)
+        check_at = time.monotonic() + POLL_S
         try:
             while left:
+                now = time.monotonic()
+                if now >= check_at:  # also while tokens keep coming
+                    check_at = now + POLL_S
+                    if now >= deadline:
+                        raise timeout_error(request)
+                    if watch and await request.is_disconnected():
+                        raise asyncio.CancelledError()
                 try:
-                    i, item = await asyncio.wait_for(merged.get(), timeout=min(POLL_S, deadline - time.monotonic()))
+                    i, item = await asyncio.wait_for(merged.get(), timeout=max(0.0, check_at - now))
                 except asyncio.TimeoutError:
-                    if time.monotonic() >= deadline:
-                        raise timeout_error(request) from None
-                    if await request.is_disconnected():
-                        raise asyncio.CancelledError() from None
                     continue
                 if isinstance(item, BaseException):
                     raise item

@@ -68,7 +68,7 @@ async def generate(req: GenerateRequest, request: Request):
         return GenerateResponse(text=c.text, tokens=c.tokens, prompt_unknown_words=unknown,
                                 finish_reason=c.finish_reason).model_dump()
 
-    events = calls.generate_many(request, [(ids, params)])
+    events = calls.generate_many(request, [(ids, params)], watch=not req.stream)
     if not req.stream:
         try:
             async for _, item in events:

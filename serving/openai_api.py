@@ -215,7 +215,7 @@ async def completions(req: CompletionRequest, request: Request):
     seqs = [(ids, sampling(req, cfg, j)) for ids, _, _ in prompts for j in range(req.n)]
     usage = Usage(prompt_tokens=sum(len(ids) for ids, _, _ in prompts), total_tokens=0)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    events = calls.generate_many(request, seqs)
+    events = calls.generate_many(request, seqs, watch=not req.stream)
 
     def chunk(c: Choice, text: str, lp, reason=None) -> dict:
         return CompletionResponse(id=rid, created=created, model=cfg.model_name, choices=[CompletionChoice(

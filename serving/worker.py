@@ -160,7 +160,8 @@ class InferenceWorker:
         return job
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Finish what is queued and running, then end the thread (graceful shutdown)."""
+        """End the thread after its current engine call; what is left is cancelled. Called once the HTTP server
+        has let in-flight requests finish (graceful shutdown happens there)."""
         with self._cv:
             self._stopping = True
             self._cv.notify()
@@ -184,7 +185,8 @@ class InferenceWorker:
         active: dict[int, tuple[GenerateJob, object]] = {}
         while True:
             scores, starts = self._take(len(active))
-            if scores is None:
+            if scores is None:  # stopping: whatever is left has no client any more (uvicorn waited for them)
+                self._abandon(gen, active)
                 break
             if scores:
                 self._score(scores)
@@ -206,10 +208,10 @@ class InferenceWorker:
     def _take(self, n_active: int) -> tuple[list[ScoreJob] | None, list[GenerateJob]]:
         """Wait for work; take the scoring jobs and the generation jobs there is room for. None: stop."""
         with self._cv:
-            while not self._pending and not n_active:
-                if self._stopping:
-                    return None, []
+            while not self._pending and not n_active and not self._stopping:
                 self._cv.wait()
+            if self._stopping:
+                return None, []
             scores: list[ScoreJob] = []
             starts: list[GenerateJob] = []
             room = self.max_running - n_active
@@ -228,6 +230,23 @@ class InferenceWorker:
             self._pending = keep
             self.metrics.waiting.set(len(keep))
             return scores, starts
+
+    def _abandon(self, gen, active: dict) -> None:
+        error = NotReady("the server is shutting down")
+        for job, seq in active.values():
+            gen.cancel(seq)
+            job.push(error)
+        active.clear()
+        with self._cv:
+            left, self._pending = list(self._pending), deque()
+        for job in left:
+            if isinstance(job, ScoreJob):
+                _resolve(job.loop, job.future, error=error)
+            else:
+                job.push(error)
+        self._running = 0
+        self.metrics.running.set(0)
+        self.metrics.waiting.set(0)
 
     def _score(self, jobs: list[ScoreJob]) -> None:
         seqs = [s for j in jobs for s in j.seqs]

@@ -197,3 +197,13 @@ def test_failed_load_is_reported_by_health(tmp_path):
         wait_for(lambda: httpx.get(server.url + "/health").json()["status"] != "loading")
         r = httpx.get(server.url + "/health")
         assert r.status_code == 503 and "not found" in r.json()["status"]
+
+
+def test_a_client_that_leaves_a_plain_request_has_its_work_dropped(lm):
+    config = ServeConfig(model_name="tiny", max_new_tokens=10**6)
+    with LiveServer(create_app(lm, config=config)) as server:
+        worker = server.server.config.app.state.worker
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            httpx.post(server.url + "/v1/completions", json={"prompt": "the", "max_tokens": 10**6}, timeout=1.0)
+        wait_for(lambda: worker.running == 0, timeout=10)
+        assert httpx.get(server.url + "/health").status_code == 200
