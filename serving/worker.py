@@ -183,6 +183,16 @@ class InferenceWorker:
                  self.max_queue, self.max_running)
         gen = self.lm.batch_generator()
         active: dict[int, tuple[GenerateJob, object]] = {}
+        try:
+            self._loop(gen, active)
+        except Exception as e:  # noqa: BLE001 - a bug here must not leave requests waiting forever
+            log.exception("the inference worker failed")
+            self.load_error = f"the inference worker failed: {e}"  # /health answers 503 from now on
+            self.ready.clear()
+            self._abandon(gen, active)
+        log.info("inference worker stopped")
+
+    def _loop(self, gen, active: dict) -> None:
         while True:
             scores, starts = self._take(len(active))
             if scores is None:  # stopping: whatever is left has no client any more (uvicorn waited for them)
@@ -203,7 +213,6 @@ class InferenceWorker:
                 self._step(gen, active)
             self._running = len(active)
             self.metrics.running.set(len(active))
-        log.info("inference worker stopped")
 
     def _take(self, n_active: int) -> tuple[list[ScoreJob] | None, list[GenerateJob]]:
         """Wait for work; take the scoring jobs and the generation jobs there is room for. None: stop."""
