@@ -142,7 +142,11 @@ def test_batched_generation_is_exactly_one_at_a_time(exports, backend):
     together = lm.generate_batch(prompts, params)
     for p, sp, got in zip(prompts, params, together):
         alone = lm.generate(p, sp)
-        assert got.token_ids == alone.token_ids and got.logprobs == pytest.approx(alone.logprobs, rel=1e-6)
+        assert got.token_ids == alone.token_ids
+        if backend == "sparse" and kernels.compiled_available():
+            assert got.logprobs == alone.logprobs  # bit for bit: the kernels' canonical order
+        else:  # BLAS blocks by batch size
+            assert got.logprobs == pytest.approx(alone.logprobs, rel=1e-6)
         assert len(got.token_ids) == sp.max_tokens and got.finish_reason == "length"
 
 
