@@ -142,6 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=300.0, help="skip what is left after this many seconds")
     args = p.parse_args(argv)
     setup_logging()
+    if args.quick:  # tiny models: one thread is as fast, and no OpenMP spinning on a busy machine
+        torch.set_num_threads(1)
     device = torch.device(args.device)
     budget = Budget(args.budget_s)
     result = {"env": environment(device), "quick": args.quick, "errors": {}}

@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=150.0, help="skip the cases left after this many seconds")
     args = p.parse_args(argv)
     setup_logging()
+    if args.quick:  # tiny models: one thread is as fast, and no OpenMP spinning on a busy machine
+        torch.set_num_threads(1)
     device = torch.device(args.device)
     reps = 2 if args.quick else args.repeats
     repeats = {"a": 10 * reps, "b": reps, "c": reps}

@@ -130,17 +130,18 @@ def epochs_section(ep: dict, steps: dict | None) -> list[str]:
         best = (steps or {}).get("best") or {}
         sgd, asgd = best.get("selfish/sgd"), best.get("selfish/snt-asgd")
         if sgd and asgd:
-            lines.append(f"Averaging makes a step {pct(asgd['step_ms'] / sgd['step_ms'] - 1)} slower (median step "
-                         "above): the averaged phase after the trigger costs that much more per epoch.")
+            lines.append(f"Averaging changes the median step by {pct(asgd['step_ms'] / sgd['step_ms'] - 1)} (step "
+                         "times above): the epochs after the NT-ASGD trigger take that much more or less.")
     return lines
 
 
 def inference_section(inf: dict) -> list[str]:
-    cases = inf.get("cases") or {}
+    cases, reps = inf.get("cases") or {}, inf.get("repeats") or {}
     lines = ["### Inference: sparse CSR against dense, one process", "",
              "sparse: SparseLM sparse backend (cuSPARSE on CUDA); dense: SparseLM dense backend (nn.LSTM, cuDNN "
              "on CUDA, dense decoder); raw: that nn.LSTM module called directly on the whole batch. Median ms, "
-             f"synchronised ({inf.get('repeats')} calls per case).", "",
+             f"synchronised after every call; {reps.get('a')} timed generation steps, {reps.get('b')} timed calls "
+             "per scoring case.", "",
              "| model | density | case | sparse ms | dense ms | raw nn.LSTM ms | sparse vs dense | sparse vs raw |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in inf.get("rows") or []:
