@@ -235,15 +235,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start >= 0:
-        end = old.find("\n## ", start + len(SECTION))
-        old = old[:start] + old[end + 1:] if end >= 0 else old[:start]
-    RESULTS.write_text(old.rstrip() + "\n\n" + text.rstrip() + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["bundled", "reference-0.1"], help="bundled, reference-DENSITY")
@@ -260,7 +251,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(HERE))
-    from common import machine
+    from common import machine, replace_section
 
     rows = []
     for name in args.models:
@@ -275,7 +266,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.write_results:
-        write_results(text)
+        replace_section(RESULTS, SECTION, text)
 
 
 if __name__ == "__main__":
