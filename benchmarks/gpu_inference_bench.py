@@ -95,7 +95,8 @@ def bench_model(path: Path, device: torch.device, repeats: dict[str, int], budge
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     p.add_argument("--work", type=Path, required=True, help="scratch directory (the reference exports)")
     p.add_argument("--out-json", type=Path, required=True, help="where the results go")

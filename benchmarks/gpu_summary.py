@@ -17,6 +17,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 PARTS = ("setup", "tests", "equality", "steps", "inference", "epochs")
+LOGS = {"setup": "check.log", "tests": "tests.log", "equality": "equality.log", "steps": "train.log",
+        "inference": "inference.log", "epochs": "train.log"}
 TITLES = {"setup": "install check", "tests": "gpu-marked tests", "equality": "CPU vs device equality",
           "steps": "median step time", "inference": "inference", "epochs": "epoch loop"}
 
@@ -67,7 +69,8 @@ def equality_section(eq: dict, device: str) -> list[str]:
     rows = eq.get("training_step") or []
     if rows:
         lines += ["One trainer step (ptb-tiny, selfish, SNT-ASGD averaging from step 1, dropout 0), CPU vs device:",
-                  "", "| setting | weights rel. err | optimizer state rel. err | masks equal | loss diff | tolerance | ok |",
+                  "", "| setting | weights rel. err | optimizer state rel. err | masks equal | loss diff | tolerance "
+                  "| ok |",
                   "|---|---:|---:|---|---:|---:|---|"]
         for r in rows:
             lines.append(f"| {r['setting']} | {r['weights_rel_err']:.1e} | {r['optimizer_state_rel_err']:.1e} | "
@@ -97,7 +100,8 @@ def steps_section(st: dict) -> list[str]:
              "| method | optimizer | phase | median step ms | vs dense | with the topology update spread "
              "| peak GPU memory GiB |", "|---|---|---|---:|---:|---:|---:|"]
     for r in (st.get("best") or {}).values():
-        lines.append(f"| {r['method']} | {r['optimizer']} | {r['phase']} | {r['step_ms']:.2f} | {pct(r.get('vs_dense'))} "
+        lines.append(f"| {r['method']} | {r['optimizer']} | {r['phase']} | {r['step_ms']:.2f} "
+                     f"| {pct(r.get('vs_dense'))} "
                      f"| {pct(r.get('vs_dense_with_update'))} | {fmt(r.get('peak_gib'))} |")
     up = st.get("topology_update")
     if up:
@@ -107,6 +111,8 @@ def steps_section(st: dict) -> list[str]:
     if "overhead" in st:
         lines += ["", f"Masking + averaging + topology update over dense: **{pct(st['overhead'])}** "
                       f"(target <= {100 * st['target']:.0f}%: {'met' if st['target_met'] else '**MISSED**'})."]
+    if st.get("quick"):
+        lines += ["", "Quick run: a few steps of a tiny model, so these times check the path and mean nothing."]
     if st.get("skipped"):
         lines += ["", "Skipped (time budget): " + ", ".join(st["skipped"]) + "."]
     return lines
@@ -176,13 +182,19 @@ def summary(parts: Path, out: Path, command: str) -> None:
     device = env.get("device", "?")
     cuda = f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if env.get("cuda") else ""
     extra = f", driver {env['driver']}, {env.get('gpu_memory_gib')} GiB" if env.get("driver") else ""
-    lines = [f"## GPU check: {env.get('device_name', '?')} ({device}), {env.get('date_utc', '?')} UTC", "",
-             f"torch {env.get('torch')}{cuda}{extra}, Python {env.get('python')}, host CPU {env.get('cpu')}; "
-             f"commit {env.get('commit', '?')}. Command: `{command}`.", "",
-             "| part | status | seconds |", "|---|---|---:|"]
+    if env:
+        lines = [f"## GPU check: {env.get('device_name', '?')} ({device}), {env.get('date_utc', '?')} UTC", "",
+                 f"torch {env.get('torch')}{cuda}{extra}, Python {env.get('python')}, host CPU {env.get('cpu')}; "
+                 f"commit {env.get('commit', '?')}. Command: `{command}`.", ""]
+    else:
+        lines = ["## GPU check: device unknown (its environment could not be read: see check.log)", "",
+                 f"Command: `{command}`.", ""]
+    lines += ["| part | status | seconds | log |", "|---|---|---:|---|"]
     for p in PARTS:
         s = status.get(p)
-        lines.append(f"| {TITLES[p]} | {s['status'] if s else 'not run'} | {fmt(s.get('seconds') if s else None, '.0f')} |")
+        seconds = fmt(s.get("seconds") if s else None, ".0f")
+        lines.append(f"| {TITLES[p]} | {s['status'] if s else 'not run'} | {seconds} "
+                     f"| {LOGS[p] if s else ''} |")
     lines += ["", "### gpu-marked tests (`pytest -m gpu`)", ""]
     if tests:
         lines.append(f"{tests['passed']} passed, {tests['failures'] + tests['errors']} failed, {tests['skipped']} "

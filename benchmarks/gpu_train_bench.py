@@ -137,7 +137,8 @@ def steps(args) -> dict:
         result["update_ms_per_step"] = update
         for key, r in best.items():
             r["vs_dense"] = r["step_ms"] / dense["step_ms"] - 1
-            r["vs_dense_with_update"] = (r["step_ms"] + (update if r["method"] != "dense" else 0)) / dense["step_ms"] - 1
+            spread = update if r["method"] != "dense" else 0.0
+            r["vs_dense_with_update"] = (r["step_ms"] + spread) / dense["step_ms"] - 1
         full = best.get("selfish/snt-asgd")
         if full:
             result["overhead"] = full["vs_dense_with_update"]
@@ -244,7 +245,8 @@ def epochs(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("steps", "epochs"), help="median step times, or the epoch loop")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     p.add_argument("--data-dir", required=True, help="corpus directory (ptb/, ptb-tiny/)")

@@ -71,7 +71,7 @@ def test_dry_run_writes_summary_metrics_and_logs_only(tmp_path, data_dir):
             assert (f"| {r['arch']} | {r['density']:.2f} | {name} | {t['sparse']:.2f} | {t['dense']:.2f} | "
                     f"{t['raw']:.2f} | {t['dense'] / t['sparse']:.2f}x |") in summary
     assert res["env"]["device_name"] in summary.splitlines()[0]
-    assert "| CPU vs device equality | ok |" in summary and "| epoch loop | not run |" in summary
+    assert "| CPU vs device equality | ok |" in summary and "| epoch loop | not run | - |  |" in summary
     assert "0.0e+00" in summary and "| sparse on cpu | defaults |" in summary
 
 
@@ -127,15 +127,26 @@ def test_summary_reports_failed_and_skipped_parts_and_failed_tests(tmp_path):
     (parts / "tests.xml").write_text(
         '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
         '<testcase classname="tests.test_runtime" name="test_cuda_sparse_equals_cpu"><failure message="x"/></testcase>'
-        '<testcase classname="tests.test_methods" name="test_a"/><testcase classname="tests.test_methods" name="test_b">'
-        '<skipped/></testcase></testsuite></testsuites>')
+        '<testcase classname="tests.test_methods" name="test_a"/>'
+        '<testcase classname="tests.test_methods" name="test_b"><skipped/></testcase></testsuite></testsuites>')
     gpu_summary.summary(parts, out, "benchmarks/gpu_check.sh OUT --device cuda")
     text = (out / "summary.md").read_text()
     assert text.startswith("## GPU check: NVIDIA H200 (cuda), 2026-12-01 10:00 UTC")
-    assert "| gpu-marked tests | failed (exit 1) | 12 |" in text
-    assert "| median step time | timed out after 170s | 12 |" in text and "| epoch loop | skipped: no time left |" in text
-    assert "| inference | not run | - |" in text
-    assert "1 passed, 1 failed, 1 skipped." in text and "`tests.test_runtime::test_cuda_sparse_equals_cpu`" in text
+    assert "| gpu-marked tests | failed (exit 1) | 12 | tests.log |" in text
+    assert "| median step time | timed out after 170s | 12 | train.log |" in text
+    assert "| epoch loop | skipped: no time left |" in text and "| inference | not run | - |  |" in text
+    assert "1 passed, 1 failed, 1 skipped." in text and "## GPU check: device unknown" not in text
+    assert "- failed: `tests.test_runtime::test_cuda_sparse_equals_cpu`" in text
     res = json.loads((out / "results.json").read_text())
     assert res["tests"]["failed"] == ["tests.test_runtime::test_cuda_sparse_equals_cpu"]
     assert res["status"]["epochs"]["rc"] is None
+
+
+def test_summary_without_an_environment_says_so(tmp_path):
+    import gpu_summary
+
+    (tmp_path / "parts").mkdir()
+    gpu_summary.summary(tmp_path / "parts", tmp_path, "cmd")
+    text = (tmp_path / "summary.md").read_text()
+    assert text.startswith("## GPU check: device unknown") and "| install check | not run | - |  |" in text
+    assert json.loads((tmp_path / "results.json").read_text())["tests"] is None
