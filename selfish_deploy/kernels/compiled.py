@@ -49,18 +49,18 @@ def _cols(x: torch.Tensor, name: str, rows: int) -> int:
 
 
 def struct(w: Matrix, block_rows: int | None = None) -> SdMatrix:
-    """The C view of ``w``, with its SELL-8 copy in blocks of ``block_rows`` rows (default: all rows)."""
-    block_rows = block_rows or w.rows
+    """The C view of ``w``, with its SELL-8 copy in blocks of ``block_rows`` rows (default: all rows; 0: no
+    SELL copy, for ops that never take one column at a time)."""
+    block_rows = w.rows if block_rows is None else block_rows
     if block_rows not in w._struct:
         if w.device.type != "cpu":
             raise ValueError("compiled CPU kernels need CPU weights")
         if w.is_sparse:
             if w.values.dtype not in VALUE_TYPES or w.col.dtype not in INDEX_BITS:
                 raise ValueError(f"unsupported CSR dtypes {w.col.dtype}/{w.values.dtype}")
-            ptr, col, val = w.sell(block_rows)
+            sell = [t.data_ptr() for t in w.sell(block_rows)] if block_rows else [None, None, None]
             w._struct[block_rows] = SdMatrix(w.rows, w.cols, 0, INDEX_BITS[w.col.dtype], VALUE_TYPES[w.values.dtype], 0,
-                                 w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr(), ptr.data_ptr(),
-                                 col.data_ptr(), val.data_ptr(), block_rows)
+                                 w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr(), *sell, block_rows)
         else:
             w._struct[block_rows] = SdMatrix(w.rows, w.cols, 1, 0, 0, 0, None, None, w.dense.data_ptr(), None,
                                              None, None, 0)
@@ -123,7 +123,7 @@ class CompiledKernels:
         n = ids.numel()
         out = torch.empty(w.cols, n) if out is None else out
         _check(out, "out", (w.cols, n))
-        self._ok(self.lib.sd_embed(ctypes.byref(struct(w)), _ptr(ids), n, _ptr(out), max(n, 1)), "embed")
+        self._ok(self.lib.sd_embed(ctypes.byref(struct(w, 0)), _ptr(ids), n, _ptr(out), max(n, 1)), "embed")
         return out
 
     def recurrent(self, cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tensor, T: int, B: int,

@@ -51,4 +51,7 @@ def load() -> tuple[ctypes.CDLL | None, str]:
         return None, f"unusable: {e}"
     for name in ("sd_isa", "sd_build"):
         getattr(lib, name).restype = ctypes.c_char_p
+    vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.sd_sell_offsets.argtypes = [vp, i64, i64, vp]
+    lib.sd_sell_fill.argtypes = [vp, vp, vp, i64, i64, i32, i32, vp, vp, vp]
     return lib, f"loaded {path.name}"

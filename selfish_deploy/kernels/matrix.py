@@ -20,12 +20,15 @@ from ..csr import CSR
 class Matrix:
     """One (rows, cols) weight: ``csr`` or ``dense`` is set, never both."""
 
-    def __init__(self, csr: CSR | None = None, dense: torch.Tensor | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, csr: CSR | None = None, dense: torch.Tensor | None = None, device: str | torch.device = "cpu",
+                 validated: bool = False):
+        """``validated``: the CSR was checked already (``load_export`` does), so skip the O(nnz) check."""
         if (csr is None) == (dense is None):
             raise ValueError("give exactly one of csr and dense")
         self.device = torch.device(device)
         if csr is not None:
-            csr.validate()
+            if not validated:
+                csr.validate()
             self.shape = tuple(csr.shape)
             self.crow = csr.crow_indices.contiguous()
             self.col = csr.col_indices.contiguous()
@@ -75,23 +78,24 @@ class Matrix:
         rows = self.shape[0]
         if rows % bh:
             raise ValueError(f"block of {bh} rows does not divide {rows} rows")
-        counts = (self.crow[1:] - self.crow[:-1]).long()
-        r = torch.arange(rows)
-        per_block = (bh + 7) // 8
-        sid = (r // bh) * per_block + (r % bh) // 8
-        lane = (r % bh) % 8
-        n_slices = (rows // bh) * per_block
-        width = torch.zeros(n_slices, dtype=torch.long).scatter_reduce(0, sid, counts, "amax")
+        from .loader import load
+
+        lib, _ = load()
+        n_slices = (rows // bh) * ((bh + 7) // 8)
         ptr = torch.zeros(n_slices + 1, dtype=torch.long)
-        ptr[1:] = torch.cumsum(width * 8, 0)
-        row_of = torch.repeat_interleave(r, counts)
-        i = torch.arange(self.nnz) - self.crow.long()[row_of]
-        dest = ptr[sid[row_of]] + i * 8 + lane[row_of]
-        col = torch.zeros(int(ptr[-1]), dtype=torch.int32)
-        col[dest] = self.col.to(torch.int32)
-        val = torch.zeros(int(ptr[-1]), dtype=self.values.dtype)
-        val[dest] = self.values
-        return ptr, col.to(self.col.dtype).contiguous(), val.contiguous()
+        if lib is None:
+            raise RuntimeError("the SELL-8 layout is built by the compiled kernels")
+        import ctypes
+
+        p = ctypes.c_void_p
+        lib.sd_sell_offsets(p(self.crow.data_ptr()), rows, bh, p(ptr.data_ptr()))
+        total = int(ptr[-1])
+        col = torch.zeros(total, dtype=self.col.dtype)
+        val = torch.zeros(total, dtype=self.values.dtype)
+        lib.sd_sell_fill(p(self.crow.data_ptr()), p(self.col.data_ptr()), p(self.values.data_ptr()), rows, bh,
+                         self.col.element_size(),
+                         self.values.element_size(), p(ptr.data_ptr()), p(col.data_ptr()), p(val.data_ptr()))
+        return ptr, col, val
 
     @cached_property
     def torch_weight(self) -> torch.Tensor:

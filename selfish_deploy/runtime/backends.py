@@ -57,7 +57,9 @@ class SparseBackend(Backend):
 
         def matrix(name: str) -> kernels.Matrix:
             w = exported.weight(name)
-            return kernels.Matrix(csr=w, device=dev) if isinstance(w, CSR) else kernels.Matrix(dense=w, device=dev)
+            if isinstance(w, CSR):  # load_export validated it
+                return kernels.Matrix(csr=w, device=dev, validated=True)
+            return kernels.Matrix(dense=w, device=dev)
 
         def vector(name: str) -> torch.Tensor:
             return exported.dense[name].to(dev, torch.float32).contiguous()

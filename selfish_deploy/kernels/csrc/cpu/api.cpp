@@ -89,6 +89,44 @@ int sd_cpu_features(char* buf, int n) {  // the features the kernels look at, as
 
 int sd_max_threads() { return omp_get_max_threads(); }
 
+// SELL-8 layout of a CSR matrix (see matrix.h), built without temporaries: sd_sell_offsets fills the slice
+// offsets ptr (n_slices + 1 entries, n_slices = rows / block * ceil(block / 8)); sd_sell_fill copies the
+// entries into col/val (ptr[n_slices] entries each, zeroed by the caller). Index and value element sizes in
+// bytes: 2 or 4.
+int sd_sell_offsets(const int32_t* crow, int64_t rows, int64_t block, int64_t* ptr) {
+    if (block <= 0 || rows % block) return 1;
+    const int64_t per_block = (block + 7) / 8;
+    int64_t s = 0;
+    ptr[0] = 0;
+    for (int64_t b0 = 0; b0 < rows; b0 += block) {
+        for (int64_t r0 = b0; r0 < b0 + block; r0 += 8, ++s) {
+            int64_t width = 0;
+            for (int64_t r = r0; r < r0 + 8 && r < b0 + block; ++r) {
+                const int64_t n = crow[r + 1] - crow[r];
+                width = n > width ? n : width;
+            }
+            ptr[s + 1] = ptr[s] + 8 * width;
+        }
+    }
+    (void)per_block;
+    return 0;
+}
+
+int sd_sell_fill(const int32_t* crow, const void* col, const void* val, int64_t rows, int64_t block, int index_bytes,
+                 int value_bytes, const int64_t* ptr, void* sell_col, void* sell_val) {
+    if (block <= 0 || rows % block) return 1;
+    const int64_t per_block = (block + 7) / 8;
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t within = r % block, slice = (r / block) * per_block + within / 8, lane = within % 8;
+        for (int64_t p = crow[r], i = 0; p < crow[r + 1]; ++p, ++i) {
+            const int64_t dst = ptr[slice] + 8 * i + lane;
+            std::memcpy((char*)sell_col + dst * index_bytes, (const char*)col + p * index_bytes, index_bytes);
+            std::memcpy((char*)sell_val + dst * value_bytes, (const char*)val + p * value_bytes, value_bytes);
+        }
+    }
+    return 0;
+}
+
 int sd_spmm(const sd_matrix* W, const float* X, int64_t ldx, int64_t N, const float* bias, float* Y, int64_t ldy,
             int nt) {
     return DISPATCH(spmm_entry(W, X, ldx, N, bias, Y, ldy, nt));
