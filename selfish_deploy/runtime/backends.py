@@ -64,6 +64,12 @@ class SparseBackend(Backend):
         def vector(name: str) -> torch.Tensor:
             return exported.dense[name].to(dev, torch.float32).contiguous()
 
+        # An export with no sparse matrix at all (density 1.0): sequences go through nn.LSTM/GRU/RNN (PyTorch's
+        # fused dense recurrence beats ours there); single steps stay on our kernels. The kernels' matrices are
+        # the module's own parameters: no second copy.
+        self.dense = DenseBackend(exported, device, threads) if not exported.sparse else None
+        if self.dense is not None:  # the export then holds the module's tensors: the loaded copies are freed
+            exported.dense.update({n: p.detach() for n, p in self.dense.model.named_parameters()})
         self.encoder = matrix("encoder.weight")
         self.decoder = self.encoder if cfg.tie_weights else matrix("decoder.weight")
         self.decoder_bias = vector("decoder.bias")
@@ -99,11 +105,15 @@ class SparseBackend(Backend):
 
     def forward(self, tokens, state):
         T, B = tokens.shape
+        if self.dense is not None and T * B > 1:
+            return self.dense.forward(tokens, state)
         x, state = self._trunk(tokens, state)
         out = self.kernels.decoder(self.decoder, self.decoder_bias, x, full=True)
         return out["logprobs"].view(T, B, -1), state
 
     def score(self, tokens, targets, state, top1=False, columns=None):
+        if self.dense is not None:
+            return Backend.score(self, tokens, targets, state, top1, columns)
         x, state = self._trunk(tokens, state)
         tg = targets.reshape(-1).to(x.device, torch.int64)
         if columns is not None:
