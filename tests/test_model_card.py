@@ -111,3 +111,16 @@ def test_bundled_model_has_a_card_and_a_manifest(caplog):
             name = f"rnns.{layer}.weight_{kind}_l0"
             assert rows[(name, "g")][1] > rows[(name, "f")][1]
     assert Path(d / "manifest.json").is_file()
+
+
+def test_card_states_each_splits_evaluation_batch_size(tiny_export):
+    from selfish_deploy.exportdir import read_report
+    from selfish_deploy.hub.card import build_card
+
+    exported, report = load_export(tiny_export), read_report(tiny_export)
+    train = exported.config.setdefault("train", {})
+    train.update(eval_batch_size=10, test_batch_size=1)  # ON-LSTM's protocol
+    text = " ".join(build_card(exported, report).text.split())
+    assert "batched into 10 columns (test: 1)" in text
+    train.update(test_batch_size=10)
+    assert "(test:" not in build_card(exported, report).text

@@ -191,7 +191,8 @@ def card_context(model: ExportedModel, report: dict, repo_id: str | None = None,
         "train_rows": [] if train_command(train) else [(k, v) for k, v in train.items() if v is not None],
         "command": train_command(train),
         "corpus": corpus, "corpus_text": corpus_text, "dataset_name": dataset_name, "results": results,
-        "bptt": train.get("bptt"), "eval_batch_size": train.get("eval_batch_size"), "speed": speed,
+        "bptt": train.get("bptt"), "eval_batch_size": train.get("eval_batch_size"),
+        "test_batch_size": train.get("test_batch_size"), "speed": speed,
     }
 
 

@@ -88,7 +88,7 @@ The exact command (every resolved setting as a flag; recipes and defaults resolv
 (AWD-LSTM / `word_language_model` convention); text is split on whitespace and every line ends with an `<eos>`
 token; unknown words map to `<unk>`. Validation and test perplexity are `exp` of the mean next-token
 cross-entropy over the whole split as one stream{% if eval_batch_size %}, batched into {{ eval_batch_size }}
-columns{% endif %}{% if bptt %} and read in BPTT windows of {{ bptt }} tokens with the hidden state carried
+columns{% if test_batch_size and test_batch_size != eval_batch_size %} (test: {{ test_batch_size }}){% endif %}{% endif %}{% if bptt %} and read in BPTT windows of {{ bptt }} tokens with the hidden state carried
 across windows{% endif %}, without dropout.
 
 {% if results -%}
