@@ -5,21 +5,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from .schemas import encodable
+from .schemas import _Strict
 
 MAX_SEED = 2**63 - 1
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    @field_validator("*")
-    @classmethod
-    def _encodable(cls, v):
-        return encodable(v)
-
+class _Request(_Strict):
     @field_validator("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
                      mode="before", check_fields=False)
     @classmethod

@@ -41,7 +41,6 @@ def kernels_for(device: str | torch.device = "cpu", threads: int | None = None):
     from .compiled import CompiledKernels
 
     k = CompiledKernels(lib)
-    k.name = f"compiled-cpu ({k.isa})"
     k.threads = threads or torch.get_num_threads()
     return k
 

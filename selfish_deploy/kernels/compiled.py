@@ -88,6 +88,10 @@ class CompiledKernels:
         self.lib.sd_set_min_work(work)
 
     @property
+    def name(self) -> str:
+        return f"compiled-cpu ({self.isa})"
+
+    @property
     def isa(self) -> str:
         return self.lib.sd_isa().decode()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
-import logging
 import os
 import warnings
 from functools import lru_cache
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import torch  # noqa: F401  loaded first: the kernels then share PyTorch's OpenMP runtime (one thread pool)
 
-log = logging.getLogger(__name__)
 ABI_VERSION = 2
 HERE = Path(__file__).resolve().parent
 

@@ -83,10 +83,6 @@ class SparseBackend(Backend):
                 proj_bias, cell_bias = (b_ih + b_hh).contiguous(), None
             self.layers.append((matrix(p + "weight_ih_l0"), proj_bias, matrix(p + "weight_hh_l0"), cell_bias))
 
-    def nbytes(self) -> int:
-        ms = {id(m): m for m in [self.encoder, self.decoder, *[x for layer in self.layers for x in layer[::2]]]}
-        return sum(m.nbytes() for m in ms.values())
-
     def _trunk(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Last layer's outputs (H, T*B), feature-major, and the new state."""
         T, B = tokens.shape

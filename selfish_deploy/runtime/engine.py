@@ -11,7 +11,7 @@ Knows nothing of HTTP or training. Three layers of API, each built on the one be
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -199,8 +199,6 @@ class SparseLM(HubMixin):
         if params is None:
             return SamplingParams(**overrides)
         if overrides:
-            from dataclasses import replace
-
             return replace(params, **overrides)
         return params
 

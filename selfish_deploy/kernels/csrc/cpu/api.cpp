@@ -95,7 +95,6 @@ int sd_max_threads() { return omp_get_max_threads(); }
 // bytes: 2 or 4.
 int sd_sell_offsets(const int32_t* crow, int64_t rows, int64_t block, int64_t* ptr) {
     if (block <= 0 || rows % block) return 1;
-    const int64_t per_block = (block + 7) / 8;
     int64_t s = 0;
     ptr[0] = 0;
     for (int64_t b0 = 0; b0 < rows; b0 += block) {
@@ -108,7 +107,6 @@ int sd_sell_offsets(const int32_t* crow, int64_t rows, int64_t block, int64_t* p
             ptr[s + 1] = ptr[s] + 8 * width;
         }
     }
-    (void)per_block;
     return 0;
 }
 

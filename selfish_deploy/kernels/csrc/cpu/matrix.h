@@ -6,7 +6,7 @@
 //
 // The canonical order of a row's sum (what makes a column's result independent of how many columns are
 // computed with it): the row's stored entries in order, one multiply-add each (fused where the CPU has FMA).
-// dot1, dot1_rows8 (8 rows, one column) and dot_block (8 * NV columns in vector lanes) follow it exactly;
+// dot1, rows8 (8 rows through the SELL-8 copy, one column) and dot_block (8 * NV columns in vector lanes) follow it exactly;
 // the throughput comes from independent chains: 8 rows at batch 1, 64 columns per pass over a row otherwise.
 #pragma once
 #include <cstdint>
