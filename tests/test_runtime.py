@@ -70,9 +70,31 @@ def test_int32_column_indices_give_the_same_numbers(exports, arch):
     wide.sparse = {n: CSR(c.crow_indices, c.col_indices.to(torch.int32), c.values, c.shape)
                    for n, c in wide.sparse.items()}
     a, b = SparseLM(wide), SparseLM.load(path)
-    assert all(m.col.dtype == torch.int32 for m in [a.backend.encoder, a.backend.layers[0][0]])
+    assert all(m.col.dtype == torch.int32 for m in [a.backend.trunk.encoder, a.backend.trunk.layers[0][0]])
     tokens = torch.randint(0, 41, (6, 3), generator=torch.Generator().manual_seed(2))
     assert torch.equal(a.forward(tokens)[0], b.forward(tokens)[0])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("density", [0.05, 0.33])
+def test_input_table_gives_the_same_numbers_bit_for_bit(exports, arch, density, monkeypatch):
+    """The first layer's projections looked up from the table built at load equal the ones computed per call."""
+    from selfish_deploy.runtime import stacked
+
+    path = exports(arch, density, "fp16")
+    with_table = SparseLM.load(path)
+    assert with_table.backend.trunk.table is not None
+    assert with_table.backend.trunk.table.shape == (41, with_table.backend.trunk.layers[0][0].rows)
+    monkeypatch.setattr(stacked, "INPUT_TABLE_BYTES", 0)  # too big for the budget: computed per call
+    plain = SparseLM.load(path)
+    assert plain.backend.trunk.table is None
+    gen = torch.Generator().manual_seed(5)
+    for T, B in [(1, 1), (7, 1), (4, 3), (3, 64)]:
+        tokens = torch.randint(0, 41, (T, B), generator=gen)
+        state = plain.init_state(B).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
+        (a, sa), (b, sb) = with_table.forward(tokens, state), plain.forward(tokens, state)
+        assert torch.equal(a, b), (T, B)
+        assert all(torch.equal(x, y) for x, y in zip(sa.tensors(), sb.tensors()))
 
 
 def test_fallback_kernels_equal_compiled(exports, monkeypatch):

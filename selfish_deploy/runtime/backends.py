@@ -15,6 +15,7 @@ from ..csr import CSR
 from ..errors import UserError
 from ..exportdir import ExportedModel
 from ..model import RNNLM
+from .stacked import SoftmaxHead, StackedTrunk
 from .state import State
 
 BACKENDS = ("sparse", "dense", "onnx")
@@ -49,17 +50,19 @@ class SparseBackend(Backend):
     name = "sparse"
 
     def __init__(self, exported: ExportedModel, device: torch.device, threads: int | None):
-        cfg = exported.model_config
-        self.device, self.cell = device, cfg.arch
+        self.device = device
         self.kernels = kernels.kernels_for(device, threads)
         self.kernels_name = self.kernels.name
         dev = device if self.kernels.name == "reference" else torch.device("cpu")
+        matrices: dict[str, kernels.Matrix] = {}
 
         def matrix(name: str) -> kernels.Matrix:
-            w = exported.weight(name)
-            if isinstance(w, CSR):  # load_export validated it
-                return kernels.Matrix(csr=w, device=dev, validated=True)
-            return kernels.Matrix(dense=w, device=dev)
+            """One Matrix per stored tensor (a tied decoder shares the embedding's, and its layouts)."""
+            if name not in matrices:
+                w = exported.weight(name)
+                matrices[name] = (kernels.Matrix(csr=w, device=dev, validated=True) if isinstance(w, CSR)  # load_export validated it
+                                  else kernels.Matrix(dense=w, device=dev))
+            return matrices[name]
 
         def vector(name: str) -> torch.Tensor:
             return exported.dense[name].to(dev, torch.float32).contiguous()
@@ -70,53 +73,31 @@ class SparseBackend(Backend):
         self.dense = DenseBackend(exported, device, threads) if not exported.sparse else None
         if self.dense is not None:  # the export then holds the module's tensors: the loaded copies are freed
             exported.dense.update({n: p.detach() for n, p in self.dense.model.named_parameters()})
-        self.encoder = matrix("encoder.weight")
-        self.decoder = self.encoder if cfg.tie_weights else matrix("decoder.weight")
-        self.decoder_bias = vector("decoder.bias")
-        self.layers = []
-        for k in range(cfg.layers):
-            p = f"rnns.{k}."
-            b_ih, b_hh = vector(p + "bias_ih_l0"), vector(p + "bias_hh_l0")
-            if self.cell == "gru":  # b_hn stays inside r * (.): b_hh goes to the cell
-                proj_bias, cell_bias = b_ih, b_hh
-            else:
-                proj_bias, cell_bias = (b_ih + b_hh).contiguous(), None
-            self.layers.append((matrix(p + "weight_ih_l0"), proj_bias, matrix(p + "weight_hh_l0"), cell_bias))
-
-    def _trunk(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """Last layer's outputs (H, T*B), feature-major, and the new state."""
-        T, B = tokens.shape
-        dev = self.encoder.device
-        ids = tokens.reshape(-1).to(dev, torch.int64).contiguous()
-        x = self.kernels.embed(self.encoder, ids)  # (E, T*B)
-        new = []
-        for (w_ih, proj_bias, w_hh, cell_bias), layer in zip(self.layers, state):
-            g = self.kernels.spmm(w_ih, x, proj_bias)  # (G*H, T*B): every time step at once
-            h, c = (layer if isinstance(layer, tuple) else (layer, None))
-            h = h.to(dev, torch.float32).t().contiguous()
-            c = c.to(dev, torch.float32).t().contiguous() if c is not None else None
-            x, h, c = self.kernels.recurrent(self.cell, w_hh, cell_bias, g, T, B, h, c)
-            new.append((h.t().contiguous(), c.t().contiguous()) if c is not None else h.t().contiguous())
-        return x, State(new)
+        trunk, head = sparse_parts(exported.model_config)
+        self.trunk = trunk(exported, matrix, vector, self.kernels)
+        self.head = head(exported, matrix, vector, self.kernels)
 
     def forward(self, tokens, state):
         T, B = tokens.shape
         if self.dense is not None and T * B > 1:
             return self.dense.forward(tokens, state)
-        x, state = self._trunk(tokens, state)
-        out = self.kernels.decoder(self.decoder, self.decoder_bias, x, full=True)
-        return out["logprobs"].view(T, B, -1), state
+        x, state = self.trunk(tokens, state)
+        return self.head(x, full=True)["logprobs"].view(T, B, -1), state
 
     def score(self, tokens, targets, state, top1=False, columns=None):
         if self.dense is not None:
             return Backend.score(self, tokens, targets, state, top1, columns)
-        x, state = self._trunk(tokens, state)
+        x, state = self.trunk(tokens, state)
         tg = targets.reshape(-1).to(x.device, torch.int64)
         if columns is not None:
             columns = columns.to(x.device)
             x, tg = x.index_select(1, columns), tg[columns]
-        out = self.kernels.decoder(self.decoder, self.decoder_bias, x.contiguous(), tg.contiguous(), top1=top1)
-        return out, state
+        return self.head(x.contiguous(), tg.contiguous(), top1=top1), state
+
+
+def sparse_parts(config):
+    """The sparse backend's trunk and head classes of ``config``'s family and decoder."""
+    return StackedTrunk, SoftmaxHead
 
 
 class DenseBackend(Backend):

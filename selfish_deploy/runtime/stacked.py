@@ -1,0 +1,93 @@
+"""The stacked LSTM/GRU/RNN trunk and the softmax head on the package's kernels (the sparse backend's path
+for the families in ``families/stacked.py``).
+
+Per layer: the input projections of every time step at once (one sparse x dense product), then the fused
+recurrence, T steps in one kernel call. Activations are feature-major, (features, T*B), column n = t*B + b.
+
+The first layer's input projection only ever sees rows of the embedding, so ``W_ih0 E[v] + b`` is computed for
+every word ``v`` once, at load, by the same kernel, and looked up afterwards (the *input table*): the kernels
+compute each column in the same order whatever the other columns, so the numbers are the same bit for bit,
+and a generation step skips a quarter of its products. It is built when W_ih0 is sparse and the table fits
+``INPUT_TABLE_BYTES``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..exportdir import ExportedModel
+from .state import State
+
+INPUT_TABLE_BYTES = 128 << 20  # V x G*H fp32; the reference 2x650 model's is 104 MB
+TABLE_CHUNK = 1024  # words per kernel call while building the table (bounds the temporaries)
+
+
+class StackedTrunk:
+    """Embedding, then ``config.layers`` single-layer cells of ``config.arch``."""
+
+    def __init__(self, exported: ExportedModel, matrix, vector, kernels, input_table: bool | None = None):
+        cfg = exported.model_config
+        self.cell, self.kernels = cfg.arch, kernels
+        self.encoder = matrix("encoder.weight")
+        self.layers = []
+        for k in range(cfg.layers):
+            p = f"rnns.{k}."
+            b_ih, b_hh = vector(p + "bias_ih_l0"), vector(p + "bias_hh_l0")
+            if self.cell == "gru":  # b_hn stays inside r * (.): b_hh goes to the cell
+                proj_bias, cell_bias = b_ih, b_hh
+            else:
+                proj_bias, cell_bias = (b_ih + b_hh).contiguous(), None
+            self.layers.append((matrix(p + "weight_ih_l0"), proj_bias, matrix(p + "weight_hh_l0"), cell_bias))
+        w_ih0 = self.layers[0][0]
+        fits = cfg.vocab_size * w_ih0.rows * 4 <= INPUT_TABLE_BYTES
+        self.table = self._input_table() if (input_table if input_table is not None else
+                                             (w_ih0.is_sparse and fits)) else None
+
+    def _input_table(self) -> torch.Tensor:
+        """(V, G*H): row v = W_ih0 E[v] + bias, as the first layer's projection computes it for word v."""
+        w_ih, bias = self.layers[0][0], self.layers[0][1]
+        V = self.encoder.rows
+        table = torch.empty(V, w_ih.rows, device=self.encoder.device)
+        for v0 in range(0, V, TABLE_CHUNK):
+            ids = torch.arange(v0, min(V, v0 + TABLE_CHUNK), device=self.encoder.device)
+            table[v0:v0 + ids.numel()] = self.kernels.spmm(w_ih, self.kernels.embed(self.encoder, ids), bias).t()
+        return table
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Last layer's outputs (H, T*B), feature-major, and the new state."""
+        T, B = tokens.shape
+        dev = self.encoder.device
+        ids = tokens.reshape(-1).to(dev, torch.int64).contiguous()
+        x = None if self.table is not None else self.kernels.embed(self.encoder, ids)  # (E, T*B)
+        new = []
+        for k, ((w_ih, proj_bias, w_hh, cell_bias), layer) in enumerate(zip(self.layers, state)):
+            if k == 0 and self.table is not None:
+                g = self.table[ids].t() if ids.numel() > 1 else self.table[ids].view(-1, 1)
+                g = g.contiguous()
+            else:
+                g = self.kernels.spmm(w_ih, x, proj_bias)  # (G*H, T*B): every time step at once
+            h, c = (layer if isinstance(layer, tuple) else (layer, None))
+            h = h.to(dev, torch.float32).t().contiguous()
+            c = c.to(dev, torch.float32).t().contiguous() if c is not None else None
+            x, h, c = self.kernels.recurrent(self.cell, w_hh, cell_bias, g, T, B, h, c)
+            new.append((h.t().contiguous(), c.t().contiguous()) if c is not None else h.t().contiguous())
+        return x, State(new)
+
+
+class SoftmaxHead:
+    """``log_softmax(W x + b)`` per column, fused in the decoder kernel (``decoder.weight``, or the tied
+    embedding)."""
+
+    def __init__(self, exported: ExportedModel, matrix, vector, kernels):
+        cfg = exported.model_config
+        self.kernels = kernels
+        self.weight = matrix("encoder.weight" if cfg.tie_weights else "decoder.weight")
+        self.bias = vector("decoder.bias")
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None, full: bool = False,
+                 top1: bool = False) -> dict[str, torch.Tensor]:
+        return self.kernels.decoder(self.weight, self.bias, x, targets, full=full, top1=top1)
