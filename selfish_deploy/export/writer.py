@@ -20,6 +20,7 @@ from ..exportdir import (EXPORT_FORMAT, EXPORT_FORMAT_VERSION, ExportedModel, lo
                          verify_manifest, write_manifest, write_report)
 from ..hub.card import DEFAULT_LICENSE, write_card
 from ..rundir import Run, load_run
+from .hf_tokenizer import write_hf_tokenizer
 from .onnx_graph import ONNX_FILE, build_onnx, onnx_summary, save_onnx
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", on
     report = size_report(model, out)
     write_report(out, report)
     copy_plots(Path(run_dir), out)
+    write_hf_tokenizer(out, model.vocab)  # tokenizer/: for lm-eval and other clients that tokenize
     write_card(out, model, report, repo_id, speed, license)
     write_manifest(out)
     log.info("exported %s -> %s (%.2fx smaller than dense fp32)", run_dir, out, report["compression_ratio"])
@@ -197,6 +199,7 @@ def refresh_export(export_dir: str | Path, repo_id: str | None = None, speed: di
     report = size_report(model, out)
     if not (out / "export_report.json").is_file():
         write_report(out, report)
+    write_hf_tokenizer(out, model.vocab)  # adds tokenizer/ to an export made before it
     write_card(out, model, report, repo_id, speed, license)
     write_manifest(out)
     log.info("refreshed the card and manifest of %s", out)
