@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 
 from .csr import CSR
 from .errors import UserError
-from .model import ModelConfig, gate_count
+from .families import block_densities, gate_blocks
+from .model import ModelConfig
 from .rundir import read_json, write_json
 from .vocab import Vocabulary
 
@@ -62,18 +63,17 @@ class ExportedModel:
         return self.sparse[name] if name in self.sparse else self.dense[name]
 
     def tensor_info(self) -> dict[str, dict]:
-        """Layout, shape, nnz, density and per-gate density of every stored tensor."""
+        """Layout, shape, nnz, density and per-gate density (the family's row blocks) of every stored tensor."""
         info = {}
-        arch = self.model_config.arch
+        cfg = self.model_config
         for n, csr in self.sparse.items():
-            mask = csr.mask()
-            gates = [float(b.float().mean()) for b in mask.chunk(gate_count(n, arch), dim=0)]
+            gates = block_densities(csr.mask(), gate_blocks(n, cfg))
             info[n] = {"layout": "csr", "shape": list(csr.shape), "nnz": csr.nnz,
                        "density": csr.nnz / (csr.shape[0] * csr.shape[1]), "gates": gates}
         for n, t in self.dense.items():
             entry = {"layout": "dense", "shape": list(t.shape), "nnz": t.numel(), "density": 1.0}
             if t.dim() == 2:
-                entry["gates"] = [1.0] * gate_count(n, arch)
+                entry["gates"] = [1.0] * len(gate_blocks(n, cfg))
             info[n] = entry
         return info
 

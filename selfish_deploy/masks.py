@@ -1,7 +1,8 @@
 """Binary masks over every weight matrix, with an exact non-zero count per tensor.
 
-The registry is keyed by parameter name (tied weights appear once, so they share one mask). Biases stay
-dense. The count ``target_nnz[name]`` is fixed at construction; sparse-training methods move non-zeros
+The registry is keyed by parameter name (tied weights appear once, so they share one mask). Which tensors are
+masked, and the row blocks (gates) of each, come from the model's family and decoder (``families``); biases
+stay dense. The count ``target_nnz[name]`` is fixed at construction; sparse-training methods move non-zeros
 around but must keep it (checked by ``check``).
 """
 
@@ -13,13 +14,19 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
-from .model import gate_count
+from .families import ALL, block_densities, gate_blocks, get_family, sparse_names
+from .model import ModelConfig
 
 DISTRIBUTIONS = ("uniform", "erk")
 
 
 def sparse_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every weight matrix (2-D parameter); ``named_parameters`` already drops tied duplicates."""
+    """The masked parameters in ``named_parameters`` order (tied duplicates already dropped): the registry's
+    ``sparse_names`` for a language model (``model.config``), every 2-D parameter of any other module."""
+    config = getattr(model, "config", None)
+    if isinstance(config, ModelConfig):
+        names = set(sparse_names(config))
+        return {n: p for n, p in model.named_parameters() if n in names}
     return {n: p for n, p in model.named_parameters() if p.dim() == 2}
 
 
@@ -47,7 +54,11 @@ def random_mask(shape: tuple[int, ...], nnz: int, generator: torch.Generator) ->
 
 
 class MaskRegistry:
-    """Masks for the weight matrices of ``model``; call ``apply_`` after every optimizer step."""
+    """Masks for the weight matrices of ``model``; call ``apply_`` after every optimizer step.
+
+    Per-gate densities use the model's family (``model.config``); a module without one (the Reber-grammar
+    classifiers) names its cell with ``arch``, whose blocks apply to its ``rnns.*`` matrices.
+    """
 
     def __init__(self, model: nn.Module, density: float = 1.0, distribution: str = "uniform",
                  generator: torch.Generator | None = None, arch: str | None = None):
@@ -55,7 +66,14 @@ class MaskRegistry:
             raise UserError(f"density must be in (0, 1], got {density}")
         if distribution not in DISTRIBUTIONS:
             raise UserError(f"unknown density distribution {distribution!r}; choose from {DISTRIBUTIONS}")
-        self.arch = arch or getattr(getattr(model, "config", None), "arch", "lstm")
+        config = getattr(model, "config", None)
+        if isinstance(config, ModelConfig):
+            family = get_family(config.arch)
+            self._blocks = lambda name: gate_blocks(name, config)
+        else:
+            family = get_family(arch or "lstm")
+            self._blocks = lambda name: family.gates if name.startswith(family.module_name + ".") else ALL
+        self.arch, self._trunk_prefix = family.name, family.module_name + "."
         self.params = sparse_parameters(model)
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         if distribution == "erk" and density < 1.0:
@@ -114,10 +132,17 @@ class MaskRegistry:
     def density(self, name: str) -> float:
         return self.nnz(name) / self.masks[name].numel()
 
+    def gate_blocks(self, name: str) -> tuple[str, ...]:
+        """Names of the row blocks stacked in tensor ``name`` (``("all",)`` when it stacks nothing)."""
+        return self._blocks(name)
+
+    def trunk_names(self) -> list[str]:
+        """The masked tensors of the trunk (not the embedding or the decoder), in registry order."""
+        return [n for n in self.masks if n.startswith(self._trunk_prefix)]
+
     def gate_densities(self, name: str) -> list[float]:
         """Density of each gate's row block of a gate-stacked matrix (one value for other matrices)."""
-        blocks = self.masks[name].chunk(gate_count(name, self.arch), dim=0)
-        return [float(b.float().mean()) for b in blocks]
+        return block_densities(self.masks[name], self.gate_blocks(name))
 
     def total_density(self) -> float:
         return sum(self.target_nnz.values()) / sum(m.numel() for m in self.masks.values())

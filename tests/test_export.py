@@ -19,7 +19,7 @@ from selfish_deploy.export.cli import main as export_main
 from selfish_deploy.export.inspect import main as inspect_main
 from selfish_deploy.export.writer import export_run
 from selfish_deploy.exportdir import load_export
-from selfish_deploy.model import ARCHS
+from selfish_deploy.families.stacked import CELLS as ARCHS
 from selfish_deploy.rundir import load_run, write_json
 from selfish_deploy.runtime import SparseLM
 
@@ -41,15 +41,10 @@ def reference(run_dir, dtype: str = "fp32"):
 
 
 def random_state(model, batch: int, gen: torch.Generator) -> list:
-    """Non-zero state per layer in the model's layout: (1, B, H) tensors, pairs for LSTM."""
+    """Non-zero state per layer in the model's layout (the runtime's too): (B, H) tensors, pairs for LSTM."""
     def rnd(t):
         return torch.rand(t.shape, generator=gen) - 0.5
     return [tuple(rnd(s) for s in st) if isinstance(st, tuple) else rnd(st) for st in model.init_hidden(batch)]
-
-
-def squeeze_state(state: list) -> list:
-    """PyTorch (1, B, H) state -> runtime (B, H) state."""
-    return [tuple(s[0] for s in st) if isinstance(st, tuple) else st[0] for st in state]
 
 
 def flat(state: list) -> list[torch.Tensor]:
@@ -62,13 +57,12 @@ def check_runtime_matches(run_dir, export_dir, dtype: str, T: int = 6, B: int = 
     tokens = torch.randint(0, model.config.vocab_size, (T, B), generator=gen)
     state = random_state(model, B, gen)
     with torch.no_grad():
-        logits, ref_state = model(tokens, state)
-    ref = torch.log_softmax(logits, dim=-1)
+        ref, ref_state = model(tokens, state)  # log-probabilities
     lm = SparseLM.load(export_dir)
-    logp, new_state = lm.forward(tokens, squeeze_state(state))
+    logp, new_state = lm.forward(tokens, state)
     assert logp.shape == (T, B, model.config.vocab_size)
     assert relerr(logp, ref) < TOL
-    for got, want in zip(flat(new_state), flat(squeeze_state(ref_state))):
+    for got, want in zip(flat(new_state), flat(ref_state), strict=True):
         assert relerr(got, want) < TOL
 
 

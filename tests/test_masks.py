@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from selfish_deploy.masks import MaskRegistry, erk_densities
-from selfish_deploy.model import ARCHS, ModelConfig, RNNLM
+from selfish_deploy.families.stacked import CELLS as ARCHS
+from selfish_deploy.model import ModelConfig, RNNLM
 
 
 def tiny(arch="lstm", tie=True):

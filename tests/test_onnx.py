@@ -18,17 +18,18 @@ from selfish_deploy.export.inspect import main as inspect_main
 from selfish_deploy.export.onnx_graph import OPSET, state_names
 from selfish_deploy.export.onnx_runner import OnnxLM
 from selfish_deploy.export.writer import export_run
-from selfish_deploy.model import ARCHS
+from selfish_deploy.families.stacked import CELLS as ARCHS
+from selfish_deploy.model import ModelConfig
 from selfish_deploy.runtime import SparseLM
 
-from test_export import flat, random_state, reference, relerr, squeeze_state
+from test_export import flat, random_state, reference, relerr
 
 TOL = 1e-5
 
 
 def batch_major(state: list) -> list:
-    """PyTorch (1, B, H) state -> ONNX (B, H) numpy state."""
-    return [tuple(s.numpy() for s in st) if isinstance(st, tuple) else st.numpy() for st in squeeze_state(state)]
+    """PyTorch (B, H) state -> ONNX (B, H) numpy state."""
+    return [tuple(s.numpy() for s in st) if isinstance(st, tuple) else st.numpy() for st in state]
 
 
 def compare_with_pytorch(run_dir, export_dir, dtype: str = "fp32", T: int = 7, B: int = 3) -> None:
@@ -37,13 +38,13 @@ def compare_with_pytorch(run_dir, export_dir, dtype: str = "fp32", T: int = 7, B
     tokens = torch.randint(0, model.config.vocab_size, (T, B), generator=gen)
     state = random_state(model, B, gen)
     with torch.no_grad():
-        logits, ref_state = model(tokens, state)
-    ref = torch.log_softmax(logits, dim=-1).transpose(0, 1)  # (B, T, V)
+        ref, ref_state = model(tokens, state)
+    ref = ref.transpose(0, 1)  # log-probabilities (B, T, V)
     lm = OnnxLM.load(export_dir, threads=1)
     logp, new_state = lm.forward(tokens.t().numpy(), batch_major(state))
     assert logp.shape == (B, T, model.config.vocab_size)
     assert relerr(torch.from_numpy(logp), ref) < TOL
-    for got, want in zip(flat(new_state), flat(squeeze_state(ref_state)), strict=True):
+    for got, want in zip(flat(new_state), flat(ref_state), strict=True):
         assert relerr(torch.from_numpy(got), want) < TOL
 
 
@@ -116,7 +117,7 @@ def test_interface(make_run, tmp_path):
     assert outputs == {"logprobs": (f32, ["batch", "seq", 37]), "hn_layer0": (f32, ["batch", 12]),
                        "cn_layer0": (f32, ["batch", 12]), "hn_layer1": (f32, ["batch", 8]),
                        "cn_layer1": (f32, ["batch", 8])}
-    assert state_names("gru", 2) == (["h0_layer0", "h0_layer1"], ["hn_layer0", "hn_layer1"])
+    assert state_names(ModelConfig(arch="gru", layers=2)) == (["h0_layer0", "h0_layer1"], ["hn_layer0", "hn_layer1"])
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["export_format_version"] == "1" and meta["source_run"] == str(run.resolve())
     # log-probabilities: each row sums to 1 in probability space, from a zero state, for any batch and length

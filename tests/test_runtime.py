@@ -9,7 +9,7 @@ import torch
 from selfish_deploy import kernels
 from selfish_deploy.errors import UserError
 from selfish_deploy.export.writer import export_run
-from selfish_deploy.model import ARCHS
+from selfish_deploy.families.stacked import CELLS as ARCHS
 from selfish_deploy.runtime import SamplingParams, SparseLM, State
 from selfish_deploy.runtime import engine as engine_module
 

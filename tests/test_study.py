@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfish_deploy.model import ARCHS, GATES
+from selfish_deploy.families.stacked import CELLS as ARCHS, GATES
 from selfish_deploy.training.study import analysis, graphs, reber
 from selfish_deploy.training.study.classifier import EMBEDDING, Classifier, install_masks, stacked
 from selfish_deploy.training.study.cli import main
@@ -127,9 +127,9 @@ def test_graph_masks_realise_exactly_the_edges(arch, gen):
     assert set(g.units(0)) == set(g.sources)
     edges = set()
     for k in range(g.depth):
-        per_gate = [_realised(model, g, net, k, gate, "ih") for gate in range(GATES[arch])]
+        per_gate = [_realised(model, g, net, k, gate, "ih") for gate in range(len(GATES[arch]))]
         assert all(s == per_gate[0] for s in per_gate)  # every gate has the same connections
-        rec = [_realised(model, g, net, k, gate, "hh") for gate in range(GATES[arch])]
+        rec = [_realised(model, g, net, k, gate, "hh") for gate in range(len(GATES[arch]))]
         assert all(s == {(v, v) for v in g.units(k)} for s in rec)  # recurrence: self-loops only
         if k == 0:
             assert net.wiring.inputs[0] == (EMBEDDING,)

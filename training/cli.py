@@ -9,7 +9,7 @@ from pathlib import Path
 
 from selfish_deploy import cli
 from selfish_deploy.errors import UserError
-from selfish_deploy.model import ARCHS
+from selfish_deploy.families import FAMILIES, all_options, decoder_names, family_names
 from selfish_deploy.rundir import read_json
 
 from .config import TrainConfig, load_recipe, upgrade_saved
@@ -21,12 +21,14 @@ log = logging.getLogger(__name__)
 HELP = {
     "corpus": "corpus name: sub-directory of --data-dir, or Hub corpus (ptb, wikitext-2)",
     "data_dir": "directory with {train,valid,test}.txt (default: $SELFISH_DATA_DIR, else the Hub)",
-    "arch": "recurrent cell",
+    "arch": "recurrent trunk (the model family)",
     "layers": "number of recurrent layers",
     "hidden": "units per recurrent layer",
     "emb": "embedding width (and last layer's width when tied)",
     "dropout": "dropout on embeddings, between layers and before the decoder",
     "tie_weights": "share the embedding and decoder matrix (and mask)",
+    "decoder": "head after the trunk: softmax, or mos (mixture of softmaxes)",
+    "experts": "mos: number of softmaxes mixed (0 for softmax)",
     "method": "sparse-training method",
     "density": "fraction of non-zero weights over all weight matrices",
     "distribution": "how the density is spread over tensors at init",
@@ -64,7 +66,7 @@ HELP = {
     "max_batches": "train on at most this many batches per epoch (schedules shrink to match); "
                    "evaluation still covers the whole split",
 }
-CHOICES = {"arch": ARCHS, "method": tuple(sorted(METHODS)), "distribution": ("uniform", "erk"),
+CHOICES = {"arch": family_names(), "decoder": decoder_names(), "method": tuple(sorted(METHODS)), "distribution": ("uniform", "erk"),
            "optimizer": OPTIMIZERS}
 
 
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
+        if f.name == "options":  # one flag per option below
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if f.type in ("bool", bool):
@@ -89,11 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {"int": int, "float": float}.get(f.type.split(" |")[0], str)
         p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
                        help=f"{HELP[f.name]} (default: {default})")
+    for opt in all_options():  # the families' and decoders' own knobs
+        owners = [f.name for f in FAMILIES.values() if opt.name in {o.name for o in f.options}]
+        where = f"--arch {'/'.join(owners)}" if owners else "its decoder"
+        flag = "--" + opt.name.replace("_", "-")
+        if opt.type is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{opt.help} ({where}; default: {opt.default})")
+        else:
+            p.add_argument(flag, type=opt.type, default=None, help=f"{opt.help} ({where}; default: {opt.default})")
     return p
 
 
 def resolve(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
-    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    names = [f.name for f in fields(TrainConfig) if f.name != "options"] + [o.name for o in all_options()]
+    flags = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite replaces one; pass only one of them")
     if args.resume:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from selfish_deploy.errors import UserError
-from selfish_deploy.model import ARCHS
+from selfish_deploy.families import all_options, get_decoder, get_family
+from selfish_deploy.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,17 @@ class TrainConfig:
     corpus: str = "ptb"  # ptb | wikitext-2 | ptb-tiny (sub-directory name, or Hub corpus)
     data_dir: str | None = None  # None: $SELFISH_DATA_DIR, else the Hugging Face Hub
     # model
-    arch: str = "lstm"
+    arch: str = "lstm"  # the trunk's family (selfish_deploy.families)
     layers: int = 2
     hidden: int = 200
     emb: int = 200
     dropout: float = 0.5
     tie_weights: bool = True
+    decoder: str = "softmax"  # softmax | mos (mixture of softmaxes)
+    experts: int = 0  # mos: number of softmaxes mixed (0 for softmax)
+    # The family's and decoder's own knobs (families.Option), by name; a recipe or the command line sets them
+    # as top-level keys / flags (``--chunk-size 10``), unset ones take the family's default.
+    options: dict = field(default_factory=dict)
     # sparsity
     method: str = "static"  # see training.methods.METHODS
     density: float = 0.33  # fraction of non-zeros over all weight matrices (1.0 for --method dense)
@@ -72,8 +78,12 @@ class TrainConfig:
     max_batches: int | None = None  # cap training batches per epoch (benchmarks, smoke runs); None: whole split
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        family, decoder = get_family(self.arch), get_decoder(self.decoder)  # UserError naming the choices
+        declared = {o.name for o in (*family.options, *decoder.options)}
+        stray = sorted(set(self.options) - declared)
+        if stray:
+            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in stray)}: not an option of "
+                            f"--arch {self.arch} / --decoder {self.decoder}")
         if not 0.0 < self.density <= 1.0:
             raise UserError(f"--density must be in (0, 1], got {self.density}")
         if not (0.0 <= (self.death_rate or 0.0) < 1.0 and 0.0 <= self.death_rate_final < 1.0):
@@ -95,17 +105,27 @@ class TrainConfig:
             raise UserError(f"--max-batches must be at least 1, got {self.max_batches}")
         if self.nonmono < 0 or (self.asgd_after is not None and self.asgd_after < 0):
             raise UserError("--nonmono and --asgd-after must not be negative")
+        # the family's and decoder's own checks (--experts, widths, option types) before any data is read
+        ModelConfig(arch=self.arch, vocab_size=2, emb=self.emb, hidden=self.hidden, layers=self.layers,
+                    dropout=self.dropout, tie_weights=self.tie_weights, decoder=self.decoder,
+                    experts=self.experts, options=self.options)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a flat mapping: config fields, plus family/decoder options as top-level keys or in ``options``
+        (a top-level key wins); a ``None`` option is unset."""
         names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        option_names = {o.name for o in all_options()}
+        options = dict(d.get("options") or {})
+        options.update({k: v for k, v in d.items() if k in option_names and k not in names})
+        options = {k: v for k, v in options.items() if v is not None}
+        unknown = set(d) - names - option_names
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in names and k != "options"}, options=options)
 
     def replace(self, **changes) -> "TrainConfig":
         return replace(self, **changes)

@@ -1,7 +1,8 @@
 """PNG plots of a run's ``metrics.jsonl``, written to ``RUN_DIR/plots/``.
 
     perplexity.png   validation (and train) perplexity per epoch; the switch to SNT-ASGD averaging marked
-    gate_density.png density of every gate of W_ih (solid) and W_hh (dashed) over steps, one panel per layer
+    gate_density.png density of every gate (row block) of each trunk tensor over steps, one panel per layer:
+                     for the stacked cells W_ih solid, W_hh dashed; block names from the model's family
     death_rate.png   death rate at each topology update, and the learning rate, over steps
 """
 
@@ -17,15 +18,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from selfish_deploy.model import GATE_NAMES  # noqa: E402
+from selfish_deploy.families import gate_blocks  # noqa: E402
 
-GATES_BY_COUNT = {len(g): g for g in GATE_NAMES.values()}  # 4: i f g o (LSTM), 3: r z n (GRU), 1: h
-RECURRENT = re.compile(r"rnns\.(\d+)\.weight_(ih|hh)_l0$")
+LAYER = re.compile(r"\.(\d+)\.")  # the first ".K." of a trunk tensor's name is its layer
+STYLES = ("-", "--", ":", "-.")  # one per tensor of a layer, in name order
+STACKED = re.compile(r"weight_(ih|hh)_l0$")  # the stacked cells' tensors: legend W_ih / W_hh
 
 
-def plot_run(records: list[dict], out_dir: Path) -> list[Path]:
-    """Every plot that ``records`` has data for; returns the files written."""
-    written = [plot_validation(records, out_dir), plot_gate_density(records, out_dir),
+def plot_run(records: list[dict], out_dir: Path, config=None) -> list[Path]:
+    """Every plot that ``records`` has data for; returns the files written. ``config`` (the run's
+    ``ModelConfig``) names the gates; without it they are numbered."""
+    written = [plot_validation(records, out_dir), plot_gate_density(records, out_dir, config),
                plot_death_rate(records, out_dir)]
     return [p for p in written if p is not None]
 
@@ -64,36 +67,51 @@ def plot_validation(records: list[dict], out_dir: Path) -> Path | None:
     return _save(fig, out_dir / "perplexity.png")
 
 
-def plot_gate_density(records: list[dict], out_dir: Path) -> Path | None:
-    """Per-gate density of each layer's recurrent matrices over steps."""
+def _tensor_label(name: str) -> str:
+    """``rnns.0.weight_ih_l0`` -> ``W_ih``; other families' tensors keep the part after the layer index."""
+    m = STACKED.search(name)
+    if m:
+        return f"W_{m.group(1)}"
+    layer = LAYER.search(name)
+    return name[layer.end():] if layer else name
+
+
+def plot_gate_density(records: list[dict], out_dir: Path, config=None) -> Path | None:
+    """Per-gate density of each layer's trunk tensors over steps."""
     series: dict[str, dict[int, list[float]]] = {}  # tensor -> step -> per-gate densities
     for r in records:
         if r.get("event") in ("start", "epoch", "topology") and isinstance(r.get("gates"), dict):
             for name, gates in r["gates"].items():
-                if RECURRENT.match(name):
+                if LAYER.search(name):
                     series.setdefault(name, {})[r["step"]] = gates
     if not series:
         return None
-    layers = sorted({int(RECURRENT.match(n).group(1)) for n in series})
+    by_layer: dict[int, list[str]] = {}
+    for n in series:  # the trainer's order: per layer W_ih before W_hh
+        by_layer.setdefault(int(LAYER.search(n).group(1)), []).append(n)
+    layers = sorted(by_layer)
     fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, layer in zip(axes[0], layers):
-        for kind, style in (("ih", "-"), ("hh", "--")):
-            points = series.get(f"rnns.{layer}.weight_{kind}_l0", {})
-            if not points:
-                continue
+        for i, name in enumerate(by_layer[layer]):
+            points = series[name]
             steps = sorted(points)
             n_gates = len(points[steps[0]])
-            names = GATES_BY_COUNT.get(n_gates, [str(g) for g in range(n_gates)])
+            names = gate_blocks(name, config) if config is not None else ()
+            if len(names) != n_gates:
+                names = tuple(str(g) for g in range(n_gates))
             for g in range(n_gates):
-                ax.plot(steps, [points[s][g] for s in steps], style, color=colors[g % len(colors)],
-                        label=f"W_{kind} {names[g]}", marker="." if len(steps) < 30 else None)
+                ax.plot(steps, [points[s][g] for s in steps], STYLES[i % len(STYLES)], color=colors[g % len(colors)],
+                        label=f"{_tensor_label(name)} {names[g]}", marker="." if len(steps) < 30 else None)
         ax.set_title(f"layer {layer}")
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("density")
     axes[0][-1].legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # keep lines clear
-    fig.suptitle("per-gate density: W_ih solid, W_hh dashed", fontsize=10)
+    first = by_layer[layers[0]]
+    styles = ", ".join(f"{_tensor_label(n)} {('solid', 'dashed', 'dotted', 'dash-dot')[i % 4]}"
+                       for i, n in enumerate(first))
+    fig.suptitle(f"per-gate density: {styles}", fontsize=10)
     return _save(fig, out_dir / "gate_density.png")
 
 

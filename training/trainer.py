@@ -29,7 +29,7 @@ from tqdm import tqdm
 from selfish_deploy.data import batchify, get_batch, load_corpus
 from selfish_deploy.errors import UserError
 from selfish_deploy.masks import MaskRegistry
-from selfish_deploy.model import RNNLM, ModelConfig, repackage
+from selfish_deploy.model import RNNLM, ModelConfig, build_model, repackage
 from selfish_deploy.rundir import (RUN_FORMAT, RUN_FORMAT_VERSION, clear_run, holds_run, read_json, save_weights,
                                    write_json)
 
@@ -62,8 +62,8 @@ def evaluate(model: RNNLM, data: torch.Tensor, bptt: int, max_batches: int | Non
         if max_batches is not None and b >= max_batches:
             break
         x, y = get_batch(data, i, bptt)
-        logits, state = model(x, state)
-        total += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+        logp, state = model(x, state)  # log-probabilities: nll_loss is cross_entropy's second half
+        total += F.nll_loss(logp.view(-1, logp.size(-1)), y.reshape(-1), reduction="sum").item()
         count += y.numel()
     if world is not None:
         total, count = distributed.all_sum([total, count], world, data.device)
@@ -122,13 +122,14 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
     test_data, test_world = eval_split(corpus.test, cfg.test_batch_size or cfg.eval_batch_size, world, device)
 
     model_cfg = ModelConfig(arch=cfg.arch, vocab_size=len(corpus.vocab), emb=cfg.emb, hidden=cfg.hidden,
-                            layers=cfg.layers, dropout=cfg.dropout, tie_weights=cfg.tie_weights)
-    model = RNNLM(model_cfg).to(device)
+                            layers=cfg.layers, dropout=cfg.dropout, tie_weights=cfg.tie_weights,
+                            decoder=cfg.decoder, experts=cfg.experts, options=cfg.options)
+    model = build_model(model_cfg).to(device)
     distributed.broadcast_parameters(list(model.parameters()), world)  # same start everywhere
     method_cls = get_method(cfg.method)
     topology_rng = torch.Generator().manual_seed(cfg.seed)  # masks are drawn on the CPU: same on any device
     start_density = 1.0 if (method_cls.dense or getattr(method_cls, "initial_density_one", False)) else cfg.density
-    masks = MaskRegistry(model, start_density, cfg.distribution, topology_rng, arch=cfg.arch)
+    masks = MaskRegistry(model, start_density, cfg.distribution, topology_rng)  # the family's sparse tensors
     starts = list(range(0, train_data.size(0) - 1, cfg.bptt))[: 1 if cfg.dry_run else cfg.max_batches]
     steps_per_epoch = len(starts)
     method = method_cls(masks, steps_per_epoch * cfg.epochs, cfg, topology_rng)
@@ -206,8 +207,8 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
             x, y = get_batch(train_data, i, cfg.bptt)
             state = repackage(state)
             model.zero_grad(set_to_none=True)
-            logits, state = model(x, state)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+            logp, state = model(x, state)
+            loss = F.nll_loss(logp.view(-1, logp.size(-1)), y.reshape(-1))  # = cross_entropy of the logits
             loss.backward()
             distributed.average_gradients(params, world)  # before the method reads gradients
             if cfg.clip_masked_grad:  # ours before issue 15: the norm of the masked gradient
@@ -282,7 +283,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                         **({"ranks": rank_rng} if world.enabled else rank_rng[0])},
                 "loop": vars(loop).copy(), "metrics_lines": len(metrics.records),
             })
-            plot_run(metrics.records, out / "plots")
+            plot_run(metrics.records, out / "plots", model_cfg)
         if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch < cfg.epochs:
             log.info("stopping after epoch %d as asked; continue with --resume %s", epoch, out)
             return run_config
@@ -300,7 +301,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
     run_config["results"] = results
     if main:
         write_json(out / "config.json", run_config)
-        plot_run(metrics.records, out / "plots")
+        plot_run(metrics.records, out / "plots", model_cfg)
     log.info("done: best validation ppl %.2f, test ppl %.2f -> %s", results["val_ppl"], results["test_ppl"], out)
     return run_config
 
@@ -315,8 +316,8 @@ def eval_split(tokens: torch.Tensor, batch_size: int, world: World,
 
 
 def gate_report(masks: MaskRegistry) -> dict[str, list[float]]:
-    """Per-gate densities of the recurrent matrices (for the gate-density plot)."""
-    return {n: masks.gate_densities(n) for n in masks if n.startswith("rnns.")}
+    """Per-gate densities of the trunk's matrices (for the gate-density plot)."""
+    return {n: masks.gate_densities(n) for n in masks.trunk_names()}
 
 
 def optimizer_weights(optimizer, model: RNNLM) -> dict[str, torch.Tensor]:

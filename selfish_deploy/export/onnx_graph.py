@@ -3,24 +3,42 @@
 Interface (batch-major, unlike the time-major PyTorch model and runtime; ``batch`` and ``seq`` are dynamic,
 so one graph scores a whole text in one call or generates one token per call)::
 
-    inputs   tokens        int64  [batch, seq]
-             h0_layer{k}   float  [batch, width_k]     every layer k
-             c0_layer{k}   float  [batch, width_k]     LSTM only
-    outputs  logprobs      float  [batch, seq, vocab]  log-softmax over the vocabulary
-             hn_layer{k}   float  [batch, width_k]     state after the last token: feed back as h0_layer{k}
-             cn_layer{k}   float  [batch, width_k]     LSTM only
+    inputs   tokens            int64  [batch, seq]          (seq is 1 in a one-step graph, see below)
+             {part}0_layer{k}  float  [batch, width]        every part of every layer's state, in the family's
+                                                            ``state_layout`` order: h0_layer0, c0_layer0 (LSTM),
+                                                            h0_layer1, ...
+    outputs  logprobs          float  [batch, seq, vocab]   log-softmax over the vocabulary
+             {part}n_layer{k}  float  [batch, width]        state after the last token: feed back as {part}0_layer{k}
 
-Graph: ``Transpose(tokens) -> Gather(encoder) -> [LSTM|GRU|RNN] x layers -> Transpose -> Gemm(decoder,
-transB=1) -> LogSoftmax``, with ``Reshape``/``Squeeze``/``Unsqueeze`` around them. PyTorch stacks gates
-as [i|f|g|o] (LSTM) and [r|z|n] (GRU); ONNX wants [i|o|f|c] and [z|r|h], so row blocks are permuted here::
+Graph: ``Transpose(tokens) -> Gather(encoder) -> trunk -> Transpose -> Reshape -> head -> Reshape``. The
+trunk and the head are the registry's builders (``selfish_deploy.families``):
+
+- ``Family.onnx_trunk(graph, exported, x, states_in, states_out) -> str``. ``graph`` is an ``OnnxGraph``
+  (below), ``x`` the name of the embedded input (T, B, E) float, ``states_in`` the state inputs (B, width) in
+  ``state_names`` order. The builder adds its nodes, produces every name in ``states_out`` (same order) and
+  returns the name of its output (T, B, out_size). The stacked cells use ONNX's ``LSTM``/``GRU``/``RNN``
+  operators (families/stacked.py).
+- A cell without an ONNX operator sets ``Family.onnx_one_step = True`` and builds one time step: ``x`` is then
+  (1, B, E) (``Squeeze`` it, compute with standard operators, ``Unsqueeze`` the output back to (1, B, out)).
+  The graph's ``tokens`` input is ``[batch, 1]``, its metadata says ``one_step: true``, and
+  ``OnnxLM.forward`` runs it once per position, each step's states feeding the next: callers see the same
+  interface.
+- ``Decoder.onnx_head(graph, exported, x) -> str``: ``x`` is (B*T, out_size) float, rows batch-major; returns
+  the name of the log-probabilities (B*T, V) (softmax: ``Gemm`` + ``LogSoftmax``, families/decoders.py).
+
+``OnnxGraph`` gives builders ``node``, ``const``, ``axes`` (the int64 axes constant of Squeeze/Unsqueeze),
+``matrix`` (an export tensor, dense in its stored dtype, with its mask), ``weight`` (store a tensor, sparse or
+dense, get a float32 value) and ``weight_of`` (an export tensor as stored, added once however often it is
+used: the tied embedding).
+
+PyTorch stacks gates as [i|f|g|o] (LSTM) and [r|z|n] (GRU); ONNX wants [i|o|f|c] and [z|r|h], so the stacked
+builder permutes row blocks::
 
     PyTorch weight_ih_l0 (4H, I)      ONNX W (1, 4H, I)        same permutation for R (weight_hh)
       [ i ]  rows 0..H                  [ i ]                  and for both halves of
       [ f ]  rows H..2H          ->     [ o ]                  B = [Wb | Rb] (1, 8H)
       [ g ]                             [ f ]
       [ o ]                             [ c ] (= g)
-
-GRU uses ``linear_before_reset=1`` (PyTorch's b_hn inside r * (.)); ``rnn_relu`` is ONNX RNN with Relu.
 
 Weights keep the export's dtype: fp16/bf16 initializers are followed by a ``Cast`` to float (ORT folds it
 at load), so the graph computes in fp32 on the same rounded values as ``SparseLM``; biases stay fp32.
@@ -47,28 +65,20 @@ from onnx import TensorProto, helper, numpy_helper
 from ..csr import CSR
 from ..errors import UserError
 from ..exportdir import EXPORT_FORMAT_VERSION, ExportedModel
-from ..model import GATES
+from ..families import get_decoder, get_family
 
 OPSET = 17
 PROTOBUF_LIMIT = 2**31  # bytes: a larger model.onnx would need ONNX external data files
 ONNX_FILE = "model.onnx"
 TOKENS, LOGPROBS = "tokens", "logprobs"
-# Rows of ONNX's gate blocks, as indices into PyTorch's: LSTM [i,f,g,o] -> [i,o,f,c]; GRU [r,z,n] -> [z,r,h].
-GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn_tanh": (0,), "rnn_relu": (0,)}
 
 
-def state_names(arch: str, layers: int) -> tuple[list[str], list[str]]:
-    """Names of the state inputs and outputs, in graph order: h (and c) for layer 0, then layer 1, ..."""
-    parts = ("h", "c") if arch == "lstm" else ("h",)
-    inputs = [f"{p}0_layer{k}" for k in range(layers) for p in parts]
-    outputs = [f"{p}n_layer{k}" for k in range(layers) for p in parts]
+def state_names(config) -> tuple[list[str], list[str]]:
+    """Names of the state inputs and outputs, in graph order: layer 0's parts (h, then c), layer 1's, ..."""
+    layout = get_family(config.arch).state_layout(config)
+    inputs = [f"{p}0_layer{k}" for k, parts in enumerate(layout) for p, _ in parts]
+    outputs = [f"{p}n_layer{k}" for k, parts in enumerate(layout) for p, _ in parts]
     return inputs, outputs
-
-
-def _permute_gates(t: torch.Tensor, arch: str) -> torch.Tensor:
-    """Reorder the gate row blocks of a (G*H, ...) tensor from PyTorch's order to ONNX's."""
-    blocks = t.chunk(GATES[arch], dim=0)
-    return torch.cat([blocks[i] for i in GATE_ORDER[arch]], dim=0)
 
 
 def _tensor_proto(name: str, t: torch.Tensor) -> TensorProto:
@@ -89,16 +99,18 @@ def _sparse_proto(name: str, values: torch.Tensor, mask: torch.Tensor) -> onnx.S
     return helper.make_sparse_tensor(vals, idx, list(mask.shape))
 
 
-class _Graph:
-    """Accumulates nodes and initializers; ``weight`` adds a (possibly sparse, possibly fp16) matrix."""
+class OnnxGraph:
+    """Nodes and initializers of the graph being built: what the builders write into (module docstring)."""
 
-    def __init__(self, sparse: bool):
-        self.sparse = sparse
+    def __init__(self, exported: ExportedModel, sparse: bool):
+        self.exported, self.sparse = exported, sparse
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.sparse_initializers: list[onnx.SparseTensorProto] = []
+        self._added: dict[str, str] = {}  # export tensor or axes constant -> its value name
 
     def node(self, op: str, inputs: list[str], output: str | list[str], **attrs) -> str:
+        """Add an ``op`` node; returns the name of its first output."""
         outputs = [output] if isinstance(output, str) else output
         self.nodes.append(helper.make_node(op, inputs, outputs, name=outputs[0] + "/" + op, **attrs))
         return outputs[0]
@@ -106,6 +118,13 @@ class _Graph:
     def const(self, name: str, array: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
+
+    def axes(self, axis: int) -> str:
+        """The int64 ``[axis]`` constant Squeeze/Unsqueeze take, added once."""
+        key = f"axes{axis}"
+        if key not in self._added:
+            self._added[key] = self.const(key, np.array([axis], np.int64))
+        return self._added[key]
 
     def weight(self, name: str, dense: torch.Tensor, mask: torch.Tensor | None) -> str:
         """Store ``dense`` (mask: its alive entries, None: dense) and return a float32 value name."""
@@ -117,82 +136,60 @@ class _Graph:
             return name
         return self.node("Cast", [name], name + ".fp32", to=TensorProto.FLOAT)
 
+    def matrix(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The export's tensor ``name``, dense in its stored dtype, and its mask (None when stored dense)."""
+        w = self.exported.weight(name)
+        if isinstance(w, CSR):
+            return w.to_dense(), w.mask()
+        return w, None
 
-def _matrix(exported: ExportedModel, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A weight matrix of the export, dense in its stored dtype, and its mask (None when stored dense)."""
-    w = exported.weight(name)
-    if isinstance(w, CSR):
-        return w.to_dense(), w.mask()
-    return w, None
+    def weight_of(self, name: str) -> str:
+        """The export's tensor ``name`` as stored, as a float32 value; its initializer is added once."""
+        if name not in self._added:
+            self._added[name] = self.weight(name, *self.matrix(name))
+        return self._added[name]
 
 
 def build_onnx(exported: ExportedModel, sparse: bool = False) -> onnx.ModelProto:
     """The ONNX model of ``exported`` (see the module docstring for its interface)."""
     cfg = exported.model_config
-    arch, V = cfg.arch, cfg.vocab_size
-    g = _Graph(sparse)
-    h_in, h_out = state_names(arch, cfg.layers)
-    parts = 2 if arch == "lstm" else 1
+    family, head = get_family(cfg.arch), get_decoder(cfg.decoder)
+    if family.onnx_trunk is None or head.onnx_head is None:
+        missing = f"--arch {cfg.arch}" if family.onnx_trunk is None else f"--decoder {cfg.decoder}"
+        raise UserError(f"{missing} has no ONNX export yet; export without --onnx")
+    V = cfg.vocab_size
+    g = OnnxGraph(exported, sparse)
+    h_in, h_out = state_names(cfg)
 
-    enc_w, enc_m = _matrix(exported, "encoder.weight")
-    encoder = g.weight("encoder.weight", enc_w, enc_m)  # (V, E)
-    axis0, axis1 = g.const("axes0", np.array([0], np.int64)), g.const("axes1", np.array([1], np.int64))
+    encoder = g.weight_of("encoder.weight")  # (V, E)
     tokens_tb = g.node("Transpose", [TOKENS], "tokens_tb", perm=[1, 0])  # (T, B)
     x = g.node("Gather", [encoder, tokens_tb], "emb", axis=0)  # (T, B, E)
+    x = family.onnx_trunk(g, exported, x, h_in, h_out)  # (T, B, H)
 
-    for k, (_, width) in enumerate(cfg.layer_sizes()):
-        p = f"rnns.{k}"
-        ws = []
-        for src, dst in (("weight_ih", "W"), ("weight_hh", "R")):
-            w, m = _matrix(exported, f"{p}.{src}_l0")
-            w = _permute_gates(w, arch).unsqueeze(0)  # (1, G*H, in)
-            m = None if m is None else _permute_gates(m, arch).unsqueeze(0)
-            ws.append(g.weight(f"{p}.{dst}", w, m))
-        bias = torch.cat([_permute_gates(exported.dense[f"{p}.bias_{s}_l0"].float(), arch) for s in ("ih", "hh")])
-        b = g.const(f"{p}.B", bias.unsqueeze(0).numpy())  # (1, 2*G*H)
-        states = [g.node("Unsqueeze", [h_in[k * parts + j], axis0], f"{p}.state{j}_in") for j in range(parts)]
-        outs = [f"{p}.Y", f"{p}.Y_h"] + ([f"{p}.Y_c"] if arch == "lstm" else [])
-        common = dict(hidden_size=width)
-        if arch == "lstm":
-            g.node("LSTM", [x, *ws, b, "", *states], outs, **common)
-        elif arch == "gru":
-            g.node("GRU", [x, *ws, b, "", *states], outs, linear_before_reset=1, **common)
-        else:
-            g.node("RNN", [x, *ws, b, "", *states], outs, **common,
-                   activations=["Tanh" if arch == "rnn_tanh" else "Relu"])
-        x = g.node("Squeeze", [outs[0], axis1], f"{p}.out")  # (T, 1, B, H) -> (T, B, H)
-        for j in range(parts):
-            g.node("Squeeze", [outs[1 + j], axis0], h_out[k * parts + j])  # (1, B, H) -> (B, H)
-
-    H = cfg.out_size
+    H = family.output_size(cfg)
     x = g.node("Transpose", [x], "out_bt", perm=[1, 0, 2])  # (B, T, H)
     x = g.node("Reshape", [x, g.const("shape_nh", np.array([-1, H], np.int64))], "out_flat")  # (B*T, H)
-    if cfg.tie_weights:
-        dec = encoder
-    else:
-        dec = g.weight("decoder.weight", *_matrix(exported, "decoder.weight"))
-    dec_b = g.const("decoder.bias", exported.dense["decoder.bias"].float().numpy())
-    logits = g.node("Gemm", [x, dec, dec_b], "logits_flat", transB=1)  # (B*T, V)
-    logp = g.node("LogSoftmax", [logits], "logprobs_flat", axis=1)
+    logp = head.onnx_head(g, exported, x)  # (B*T, V)
     bt = g.node("Shape", [TOKENS], "tokens_shape")
     out_shape = g.node("Concat", [bt, g.const("vocab", np.array([V], np.int64))], "logprobs_shape", axis=0)
     g.node("Reshape", [logp, out_shape], LOGPROBS)  # (B, T, V)
 
-    widths = [w for _, w in cfg.layer_sizes() for _ in range(parts)]
-    inputs = [helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["batch", "seq"])]
+    widths = [w for parts in family.state_layout(cfg) for _, w in parts]
+    seq = 1 if family.onnx_one_step else "seq"
+    inputs = [helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["batch", seq])]
     inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", w]) for n, w in zip(h_in, widths)]
-    outputs = [helper.make_tensor_value_info(LOGPROBS, TensorProto.FLOAT, ["batch", "seq", V])]
+    outputs = [helper.make_tensor_value_info(LOGPROBS, TensorProto.FLOAT, ["batch", seq, V])]
     outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", w]) for n, w in zip(h_out, widths)]
     graph = helper.make_graph(g.nodes, "selfish_rnnlm", inputs, outputs, initializer=g.initializers,
                               sparse_initializer=g.sparse_initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="selfish-deploy", doc_string=f"{arch} language model, see model card")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="selfish-deploy",
+                              doc_string=f"{cfg.arch} language model ({cfg.decoder} decoder), see model card")
     model.ir_version = 8  # opset 17's IR: loadable by older runtimes than the installed onnx's default
-    meta = {"export_format_version": str(EXPORT_FORMAT_VERSION), "arch": arch, "layers": str(cfg.layers),
-            "vocab_size": str(V), "dtype": str(exported.config.get("dtype", "fp32")),
+    meta = {"export_format_version": str(EXPORT_FORMAT_VERSION), "arch": cfg.arch, "decoder": cfg.decoder,
+            "layers": str(cfg.layers), "vocab_size": str(V), "dtype": str(exported.config.get("dtype", "fp32")),
             "density": str(exported.config.get("density", "")),
             "source_run": str(exported.config.get("source_run", "")),
-            "sparse_initializers": str(bool(sparse)).lower()}
+            "sparse_initializers": str(bool(sparse)).lower(), "one_step": str(family.onnx_one_step).lower()}
     helper.set_model_props(model, meta)
     if model.ByteSize() >= PROTOBUF_LIMIT:
         raise UserError(f"the ONNX model would take {model.ByteSize() / 2**30:.2f} GiB, over protobuf's 2 GiB "

@@ -1,8 +1,14 @@
-"""Run an export's ``model.onnx`` in ONNX Runtime (CPU EP): batch-major scoring and step-by-step state."""
+"""Run an export's ``model.onnx`` in ONNX Runtime (CPU EP): batch-major scoring and step-by-step state.
+
+The state layout is read from the graph's inputs (``{part}0_layer{k}``), so nothing here depends on the
+family; a one-step graph (metadata ``one_step``, a cell without an ONNX operator) is run once per position.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import re
 
 import numpy as np
 
@@ -10,7 +16,8 @@ from ..errors import UserError
 from ..exportdir import EXPORT_FORMAT_VERSION
 from .onnx_graph import LOGPROBS, ONNX_FILE, TOKENS
 
-OnnxState = list  # per layer: h (B, H), or (h, c) for LSTM; float32 numpy arrays
+OnnxState = list  # per layer: h (B, H), or a tuple of its parts ((h, c) for LSTM); float32 numpy arrays
+STATE_INPUT = re.compile(r"^(\w+?)0_layer(\d+)$")
 
 
 def _numpy(x, dtype) -> np.ndarray:
@@ -47,11 +54,18 @@ class OnnxLM:
         self.path = path
         self.metadata = dict(meta)
         self.arch = meta.get("arch", "")
+        self.one_step = meta.get("one_step") == "true"
         inputs = self.session.get_inputs()
         self.state_inputs = [i.name for i in inputs if i.name != TOKENS]
         self.state_outputs = [o.name for o in self.session.get_outputs() if o.name != LOGPROBS]
         self.widths = {i.name: int(i.shape[1]) for i in inputs if i.name != TOKENS}
-        self.parts = 2 if self.arch == "lstm" else 1
+        self.layer_of = []  # layer index of each state input, in graph order
+        for name in self.state_inputs:
+            m = STATE_INPUT.match(name)
+            if m is None:
+                raise UserError(f"{path}: unexpected graph input {name!r} (state inputs are PART0_layerK)")
+            self.layer_of.append(int(m.group(2)))
+        self.parts = [self.layer_of.count(k) for k in range(max(self.layer_of, default=-1) + 1)]
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None) -> "OnnxLM":
@@ -60,16 +74,19 @@ class OnnxLM:
 
     @property
     def layers(self) -> int:
-        return len(self.state_inputs) // self.parts
+        return len(self.parts)
 
     def init_state(self, batch_size: int) -> OnnxState:
         zeros = [np.zeros((batch_size, self.widths[n]), np.float32) for n in self.state_inputs]
         return self._group(zeros)
 
     def _group(self, flat: list[np.ndarray]) -> OnnxState:
-        if self.parts == 1:
-            return list(flat)
-        return [tuple(flat[k * self.parts:(k + 1) * self.parts]) for k in range(self.layers)]
+        """Flat state tensors (graph order) -> per layer one array, or a tuple when it has several parts."""
+        out, i = [], 0
+        for n in self.parts:
+            out.append(flat[i] if n == 1 else tuple(flat[i:i + n]))
+            i += n
+        return out
 
     def forward(self, tokens, state: OnnxState | None = None) -> tuple[np.ndarray, OnnxState]:
         """Log-probabilities (B, T, V) for token ids (B, T) (numpy or torch) and the state after them."""
@@ -81,6 +98,17 @@ class OnnxLM:
         flat = [s for layer in state for s in (layer if isinstance(layer, tuple) else (layer,))]
         if len(flat) != len(self.state_inputs):
             raise UserError(f"state has {len(flat)} tensors, the model expects {len(self.state_inputs)}")
-        feeds = {TOKENS: tokens, **{n: _numpy(s, np.float32) for n, s in zip(self.state_inputs, flat)}}
-        logp, *new = self.session.run([LOGPROBS, *self.state_outputs], feeds)
-        return logp, self._group(new)
+        flat = [_numpy(s, np.float32) for s in flat]
+        if not self.one_step:
+            logp, *flat = self.session.run([LOGPROBS, *self.state_outputs], self._feeds(tokens, flat))
+            return logp, self._group(flat)
+        steps = []  # a one-step graph: position by position, each step's states into the next
+        for t in range(tokens.shape[1]):
+            lp, *flat = self.session.run([LOGPROBS, *self.state_outputs], self._feeds(tokens[:, t:t + 1], flat))
+            steps.append(lp)
+        V = self.session.get_outputs()[0].shape[-1]
+        logp = np.concatenate(steps, axis=1) if steps else np.zeros((tokens.shape[0], 0, V), np.float32)
+        return logp, self._group(flat)
+
+    def _feeds(self, tokens: np.ndarray, flat: list[np.ndarray]) -> dict:
+        return {TOKENS: np.ascontiguousarray(tokens), **dict(zip(self.state_inputs, flat))}

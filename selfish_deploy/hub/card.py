@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..data import HUB_SOURCES
 from ..errors import UserError
 from ..exportdir import ExportedModel
-from ..model import GATE_NAMES, gate_count
+from ..families import ALL, gate_blocks, get_decoder, get_family
 from .template import TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,6 @@ log = logging.getLogger(__name__)
 CARD_FILE = "README.md"
 LIBRARY_NAME = "selfish-deploy"
 DEFAULT_LICENSE = "mit"  # the project's license; --license for weights under other terms
-ARCH_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)"}
-GATE_LABELS = {"i": "input gate i", "f": "forget gate f", "g": "cell gate g", "o": "output gate o",
-               "r": "reset gate r", "z": "update gate z", "n": "new gate n", "h": "h"}
 DATASET_NAMES = {"ptb": "Penn Treebank", "wikitext-2": "WikiText-2", "ptb-tiny": "PTB (tiny sample)"}
 SPLIT_RESULTS = (("validation", "val_ppl"), ("test", "test_ppl"))
 # method -> (name, one-line description, tags)
@@ -83,7 +80,9 @@ def train_command(train: dict) -> str | None:
     if "out" not in train:  # not a resolved config: the flags would not reproduce the run
         return None
     groups = [["selfish-train"]]
-    for key, value in train.items():
+    flat = {k: v for k, v in train.items() if k != "options"}
+    flat.update(train.get("options") or {})  # family/decoder options are flags like any other key
+    for key, value in flat.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             if key != "dry_run" or value:
@@ -94,11 +93,12 @@ def train_command(train: dict) -> str | None:
 
 
 def _gate_rows(model: ExportedModel) -> list[dict]:
-    """nnz, density and stored bytes of every gate block of every weight matrix."""
-    arch, rows = model.model_config.arch, []
+    """nnz, density and stored bytes of every gate block (the family's row blocks) of every weight matrix."""
+    cfg, rows = model.model_config, []
     for name in sorted([*model.sparse, *(n for n, t in model.dense.items() if t.dim() == 2)]):
-        g = gate_count(name, arch)
-        labels = GATE_NAMES[arch] if g > 1 else ("all",)
+        labels = gate_blocks(name, cfg)
+        labels = labels if len(labels) > 1 else ALL  # one block: the whole matrix
+        g = len(labels)
         if name in model.sparse:
             csr = model.sparse[name]
             per_entry = csr.values.element_size() + csr.col_indices.element_size()
@@ -116,15 +116,15 @@ def _gate_rows(model: ExportedModel) -> list[dict]:
     return rows
 
 
-def _gate_text(gates: list[dict], method: str) -> str:
-    recurrent = [g for g in gates if g["tensor"].startswith("rnns.") and g["gate"] != "all"]
+def _gate_text(gates: list[dict], method: str, labels: dict[str, str]) -> str:
+    recurrent = [g for g in gates if g["gate"] != "all"]
     if not recurrent:
         return "The cell has one gate: each matrix is one block."
     mean = {}
     for g in recurrent:
         nnz, size = mean.get(g["gate"], (0, 0))
         mean[g["gate"]] = (nnz + g["nnz"], size + g["size"])
-    summary = ", ".join(f"{GATE_LABELS[k]} **{n / s:.3f}**" for k, (n, s) in mean.items())
+    summary = ", ".join(f"{labels.get(k, k)} **{n / s:.3f}**" for k, (n, s) in mean.items())
     if method == "selfish":
         why = ("Selfish-RNN's *cell gate redistribution* (§3.2 of the paper): weights die by magnitude over the "
                "whole gate-stacked matrix, so the gates compete and density moves to the gates that need it, "
@@ -156,6 +156,7 @@ def card_context(model: ExportedModel, report: dict, repo_id: str | None = None,
                  speed: dict | None = None) -> dict:
     """Everything the template shows, computed from the export."""
     cfg, mc = model.config, model.model_config
+    family, head = get_family(mc.arch), get_decoder(mc.decoder)
     train, corpus = cfg.get("train") or {}, (cfg.get("corpus") or {}).get("name") or ""
     method = train.get("method", "")
     _, dataset_name, _ = dataset_of(corpus)
@@ -169,26 +170,26 @@ def card_context(model: ExportedModel, report: dict, repo_id: str | None = None,
                       and corpus not in HUB_SOURCES else "")
                    + ").") if corpus else "The corpus is not recorded."
     return {
-        "title": repo_id.split("/")[-1] if repo_id else f"Sparse {ARCH_NAMES[mc.arch]} language model"
+        "title": repo_id.split("/")[-1] if repo_id else f"Sparse {family.title} language model"
         + (f" ({dataset_name}, density {float(cfg.get('density', 1.0)):.2f})" if corpus else ""),
-        "repo_id": repo_id or "NS/NAME", "arch": mc.arch, "arch_name": ARCH_NAMES[mc.arch], "layers": mc.layers,
+        "repo_id": repo_id or "NS/NAME", "arch": mc.arch, "arch_name": family.title, "layers": mc.layers,
+        "decoder": mc.decoder, "decoder_name": head.title, "experts": mc.experts, "options": mc.options,
         "emb": mc.emb, "hidden": mc.hidden, "vocab_size": mc.vocab_size, "tie_weights": mc.tie_weights,
         "dropout": mc.dropout, "dtype": cfg.get("dtype", "fp32"), "density": float(cfg.get("density", 1.0)),
         "nnz": sum(r["nnz"] for r in matrices.values()),
         "matrix_weights": sum(r["shape"][0] * r["shape"][1] for r in matrices.values()),
         "bytes_stored": report["bytes_stored"], "bytes_dense": report["bytes_dense_fp32"],
         "compression": report["compression_ratio"],
-        "gate_layout": " ".join(f"`[{'|'.join(g)}]` ({ARCH_NAMES[a]})" for a, g in GATE_NAMES.items()
-                                if a == mc.arch),
+        "layout_text": family.layout_text,
         "tensors": [{"name": n, "shape": "x".join(map(str, r["shape"])), "layout": r["layout"], "nnz": r["nnz"],
                      "density": r["density"], "bytes_stored": r["bytes_stored"], "bytes_dense": r["bytes_dense_fp32"]}
                     for n, r in report["tensors"].items()],
-        "gates": gates, "gate_text": _gate_text(gates, method), "gate_plot": gate_plot,
+        "gates": gates, "gate_text": _gate_text(gates, method, family.gate_labels), "gate_plot": gate_plot,
         "other_plots": [p for p in plots if p != gate_plot],
         "method": method or "not recorded", "method_name": METHODS.get(method, (method or "unknown",))[0],
         "method_text": METHODS.get(method, ("", ""))[1], "optimizer": train.get("optimizer"),
         "optimizer_text": _optimizer_text(train), "weights": cfg.get("weights") or None,
-        "train_rows": [] if train_command(train) else [(k, v) for k, v in train.items() if v is not None],
+        "train_rows": [] if train_command(train) else [(k, v) for k, v in train.items() if v not in (None, {})],
         "command": train_command(train),
         "corpus": corpus, "corpus_text": corpus_text, "dataset_name": dataset_name, "results": results,
         "bptt": train.get("bptt"), "eval_batch_size": train.get("eval_batch_size"),

@@ -23,6 +23,12 @@ entries are non-zero ({{ "{:,}".format(nnz) }} of {{ "{:,}".format(matrix_weight
 | | |
 |---|---|
 | cell | {{ arch_name }} (`{{ arch }}`), {{ layers }} layers |
+{% if decoder != "softmax" -%}
+| decoder | {{ decoder_name }} (`{{ decoder }}`){% if experts %}, {{ experts }} experts{% endif %} |
+{% endif -%}
+{% for k, v in options.items() -%}
+| {{ k }} | {{ v }} |
+{% endfor -%}
 | embedding / hidden | {{ emb }} / {{ hidden }} |
 | vocabulary | {{ "{:,}".format(vocab_size) }} words |
 | tied embedding and decoder | {{ "yes" if tie_weights else "no" }} |
@@ -30,9 +36,9 @@ entries are non-zero ({{ "{:,}".format(nnz) }} of {{ "{:,}".format(matrix_weight
 | stored dtype | {{ dtype }} (computed in fp32) |
 | overall density | {{ "%.4f" % density }} |
 
-Weight matrices keep PyTorch's gate-stacked layout: `weight_ih_l0` is `(G*H, I)` with row blocks
-{{ gate_layout }}. A matrix below density 1.0 is stored as CSR (`NAME.crow_indices`, `NAME.col_indices`,
-`NAME.values`), the others and the biases dense.
+{{ layout_text }}
+A matrix below density 1.0 is stored as CSR (`NAME.crow_indices`, `NAME.col_indices`, `NAME.values`), the
+others and the biases dense.
 
 ### Density, non-zeros and bytes per tensor
 

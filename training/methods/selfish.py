@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from selfish_deploy.families import get_family
+
 from . import topology
 from .base import SparseMethod
 
@@ -36,7 +38,7 @@ class Selfish(SparseMethod):
         rate = getattr(self.config, "death_rate", None)
         if rate is not None:
             return rate
-        return 0.8 if getattr(self.config, "arch", "lstm") == "lstm" else 0.5  # paper: 0.8 for LSTM
+        return get_family(getattr(self.config, "arch", "lstm")).death_rate  # the family's (paper: 0.8 for LSTM)
 
     def death_rate(self, step: int) -> float:
         return topology.cosine_death_rate(step, self.total_steps, self.initial_death_rate,

@@ -8,7 +8,7 @@ k-1), a random-graph model reads every earlier layer with an edge into it::
                                    inputs[k] = (-1 = embedding, or earlier layer indices), concatenated
     head(cat(readout outputs)[lengths - 1, b])  -> logits (B, 2)
 
-Each layer is ``selfish_deploy.model.make_rnn`` (gate-stacked rows), every weight matrix is under a
+Each layer is ``selfish_deploy.families.stacked.make_rnn`` (gate-stacked rows), every weight matrix is under a
 ``MaskRegistry`` mask (``encoder.weight``, ``rnns.{k}.weight_{ih,hh}_l0``, ``head.weight``). Padding follows the
 last real step, and the cells are causal, so the output at ``lengths - 1`` is exactly the unpadded one.
 """
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from selfish_deploy.errors import UserError
 from selfish_deploy.masks import MaskRegistry
-from selfish_deploy.model import ARCHS, GATES, make_rnn
+from selfish_deploy.families.stacked import CELLS as ARCHS, GATES, make_rnn
 
 from .reber import PAD, VOCAB_SIZE
 
@@ -80,7 +80,7 @@ class Classifier(nn.Module):
 
 def gate_tile(mask: torch.Tensor, arch: str) -> torch.Tensor:
     """The same (H, I) connection mask for every gate's row block: (G*H, I), rows [i|f|g|o] or [r|z|n]."""
-    return mask.repeat(GATES[arch], 1)
+    return mask.repeat(len(GATES[arch]), 1)
 
 
 def install_masks(model: Classifier, masks: dict[str, torch.Tensor] | None = None) -> MaskRegistry:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from selfish_deploy import cli
 from selfish_deploy.errors import UserError
-from selfish_deploy.model import ARCHS
+from selfish_deploy.families.stacked import CELLS as ARCHS
 
 from .config import GraphConfig, PruneConfig
 from .graphs import GENERATORS, RECURRENT

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from selfish_deploy.errors import UserError
-from selfish_deploy.model import ARCHS
+from selfish_deploy.families.stacked import CELLS as ARCHS
 
 from .graphs import GENERATORS, RECURRENT
 from .prune import REGIMES
