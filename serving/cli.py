@@ -2,7 +2,8 @@
 
 Every setting is a flag and a ``SELFISH_*`` environment variable (the flag wins). The model is resolved (and a
 Hub id downloaded) before the port is bound, so a bad ``--model`` exits 2; the engine is then built by the
-inference worker while ``/health`` answers 503.
+inference worker while ``/health`` answers 503. SIGTERM (and SIGINT) shut down gracefully: no new connections,
+in-flight requests finish (``--graceful-timeout``), then the worker stops; after a SIGTERM the exit status is 0.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
 from functools import partial
 
 from selfish_deploy import cli
@@ -111,9 +114,29 @@ def body(args: argparse.Namespace) -> int:
     log.info("serving %s as %r; limits %s; API key %s", model_dir, config.model_name, config.limits(),
              "required" if config.api_key else "off")
     app = create_app(partial(SparseLM, exported, args.backend, args.device, args.threads), config=config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=args.graceful_timeout)
-    return 0
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                                           timeout_graceful_shutdown=args.graceful_timeout))
+    exit_zero_after_sigterm(server)
+    server.run()
+    return 0 if server.started else 3  # 3: the app's start-up failed (logged), as uvicorn.run exits then
+
+
+def exit_zero_after_sigterm(server) -> None:
+    """Make a SIGTERM shut ``server`` down gracefully and the process end with status 0.
+
+    uvicorn handles SIGTERM itself while it serves (graceful shutdown), then restores the handler it found
+    and raises the signal again (``Server.capture_signals``), so with the default handler the process dies of
+    SIGTERM after the clean shutdown (status -15; 143 in a shell): killed, not exited, to a supervisor. The
+    handler it finds is this one, which asks the server to exit: a no-op once it has (and a SIGTERM just
+    before uvicorn takes over stops the server right after start-up).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (in-process callers keep theirs)
+
+    def on_sigterm(signum, frame) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def main(argv: list[str] | None = None) -> int:
