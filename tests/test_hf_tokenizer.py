@@ -107,3 +107,14 @@ def test_without_tokenizers_the_export_works_and_says_so_once(make_run, tmp_path
     assert not (out / TOKENIZER_DIR).exists()
     assert not [f for f in json.loads((out / MANIFEST_FILE).read_text())["files"] if f.startswith(TOKENIZER_DIR)]
     load_export(out)
+
+
+def test_auto_tokenizer_loads_it_from_the_hub(make_run, tmp_path, hub_endpoint):
+    from selfish_deploy.hub.push import main as push_main
+
+    out = tmp_path / "e"
+    assert export_main([str(make_run()), "--out", str(out)]) == 0
+    assert push_main([str(out), "--repo-id", "alice/tok"]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained("alice/tok", subfolder=TOKENIZER_DIR)
+    vocab = Vocabulary.load(out / "vocab.txt")
+    assert tok(" ".join(vocab.itos) + " never-seen")["input_ids"] == [*range(len(vocab)), vocab.unk_id]
