@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from .csr import CSR
 from .errors import UserError
-from .families import block_densities, gate_blocks
+from .families import block_densities, gate_blocks, gate_rows
 from .model import ModelConfig
 from .rundir import read_json, write_json
 from .vocab import Vocabulary
@@ -67,7 +67,7 @@ class ExportedModel:
         info = {}
         cfg = self.model_config
         for n, csr in self.sparse.items():
-            gates = block_densities(csr.mask(), gate_blocks(n, cfg))
+            gates = block_densities(csr.mask(), gate_blocks(n, cfg), gate_rows(n, cfg))
             info[n] = {"layout": "csr", "shape": list(csr.shape), "nnz": csr.nnz,
                        "density": csr.nnz / (csr.shape[0] * csr.shape[1]), "gates": gates}
         for n, t in self.dense.items():

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
-from .families import ALL, block_densities, gate_blocks, get_family, sparse_names
+from .families import ALL, block_densities, gate_blocks, gate_rows, get_family, sparse_names
 from .model import ModelConfig
 
 DISTRIBUTIONS = ("uniform", "erk")
@@ -70,9 +70,11 @@ class MaskRegistry:
         if isinstance(config, ModelConfig):
             family = get_family(config.arch)
             self._blocks = lambda name: gate_blocks(name, config)
+            self._rows = lambda name: gate_rows(name, config)
         else:
             family = get_family(arch or "lstm")
             self._blocks = lambda name: family.gates if name.startswith(family.module_name + ".") else ALL
+            self._rows = lambda name: None
         self.arch, self._trunk_prefix = family.name, family.module_name + "."
         self.params = sparse_parameters(model)
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
@@ -142,7 +144,7 @@ class MaskRegistry:
 
     def gate_densities(self, name: str) -> list[float]:
         """Density of each gate's row block of a gate-stacked matrix (one value for other matrices)."""
-        return block_densities(self.masks[name], self.gate_blocks(name))
+        return block_densities(self.masks[name], self.gate_blocks(name), self._rows(name))
 
     def total_density(self) -> float:
         return sum(self.target_nnz.values()) / sum(m.numel() for m in self.masks.values())

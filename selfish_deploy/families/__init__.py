@@ -75,6 +75,9 @@ class Family:
     # nothing is stacked. ``gate_blocks`` overrides this per tensor (a family whose tensors differ).
     gates: tuple[str, ...] = ALL
     gate_blocks: Callable[[str, "ModelConfig"], tuple[str, ...]] | None = None
+    # Rows of each block of ``blocks(name, config)`` when they differ (ON-LSTM: its master gates have one row
+    # per chunk); None: the rows split evenly among the blocks.
+    gate_rows: Callable[[str, "ModelConfig"], tuple[int, ...]] | None = None
     gate_labels: dict[str, str] = field(default_factory=dict)  # block -> words for cards ("f": "forget gate f")
     # Tensors that are masked (sparse): None = every 2-D trunk tensor (the authors' choice: every weight matrix).
     sparse_names: Callable[["ModelConfig"], list[str]] | None = None
@@ -240,8 +243,19 @@ def gate_blocks(name: str, config: "ModelConfig") -> tuple[str, ...]:
     return ALL
 
 
-def block_densities(mask: "torch.Tensor", blocks: tuple[str, ...]) -> list[float]:
-    """Density of each row block of a 2-D mask (rows split evenly among the blocks, in order)."""
+def gate_rows(name: str, config: "ModelConfig") -> tuple[int, ...] | None:
+    """Rows of each block of ``gate_blocks(name, config)`` when the family's blocks are unequal, else None."""
+    family = get_family(config.arch)
+    if family.gate_rows is None or not name.startswith(family.module_name + "."):
+        return None
+    return family.gate_rows(name, config)
+
+
+def block_densities(mask: "torch.Tensor", blocks: tuple[str, ...],
+                    rows: tuple[int, ...] | None = None) -> list[float]:
+    """Density of each row block of a 2-D mask, in order: ``rows`` rows each, or rows split evenly."""
+    if rows is not None:
+        return [float(b.float().mean()) for b in mask.split(list(rows), dim=0)]
     if mask.shape[0] % len(blocks):
         raise ValueError(f"{mask.shape[0]} rows do not split into {len(blocks)} blocks")
     return [float(b.float().mean()) for b in mask.chunk(len(blocks), dim=0)]
