@@ -40,6 +40,7 @@ from .distributed import World
 from .methods import get_method
 from .optim import build_optimizer
 from .plots import plot_run
+from .regularization import add_ar_tar, loop_options, scaled_lr
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,10 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
     # --momentum for every method alike (SNFS's growth signal is its own gradient mean)
     optimizer = build_optimizer(cfg.optimizer, model, cfg, None if method_cls.dense else masks.masks)
     loop = LoopState()
+    # AWD-LSTM's AR/TAR and variable-length BPTT when the family asks (training/regularization.py); the
+    # stacked cells ask for neither, so their windows, loss and steps are what they always were.
+    knobs = loop_options(model_cfg)
+    windows_rng = knobs.windows(cfg.bptt, cfg.seed)
     if world.enabled:
         torch.manual_seed(cfg.seed + world.rank)  # dropout differs per rank; weights and masks do not
 
@@ -152,6 +157,8 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         optimizer.load_state_dict(ckpt["optimizer"])
         method.load_state_dict(ckpt["method"])
         topology_rng.set_state(ckpt["rng"]["topology"])
+        if windows_rng is not None:
+            windows_rng.load_state_dict(ckpt["rng"]["bptt"])
         ranks = ckpt["rng"].get("ranks") or [ckpt["rng"]]
         if len(ranks) != world.size:
             log.warning("checkpoint was written by %d process(es), resuming with %d: dropout draws will differ",
@@ -200,16 +207,18 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         model.train()
         state = model.init_hidden(train_data.size(1))
         t0, total_loss, n_batches, step_times = time.time(), 0.0, 0, []
-        bar = tqdm(starts, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+        windows = ([(i, cfg.bptt) for i in starts] if windows_rng is None else  # (start, length)
+                   windows_rng.windows(train_data.size(0))[: 1 if cfg.dry_run else cfg.max_batches])
+        bar = tqdm(windows, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=None if main else True)
-        for i in bar:
+        for i, seq_len in bar:
             t_step = time.perf_counter()
-            x, y = get_batch(train_data, i, cfg.bptt)
+            x, y = get_batch(train_data, i, seq_len)
             state = repackage(state)
             model.zero_grad(set_to_none=True)
             logp, state = model(x, state)
             loss = F.nll_loss(logp.view(-1, logp.size(-1)), y.reshape(-1))  # = cross_entropy of the logits
-            loss.backward()
+            add_ar_tar(loss, model, knobs.alpha, knobs.beta).backward()  # + AR/TAR if asked; `loss` is logged
             distributed.average_gradients(params, world)  # before the method reads gradients
             if cfg.clip_masked_grad:  # ours before issue 15: the norm of the masked gradient
                 method.before_step(loop.step)
@@ -221,7 +230,11 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                 method.before_step(loop.step)  # the gradient the step uses (theirs reads it after the clip)
                 if sparse:  # same step as theirs, whose apply_mask zeroes dead weights and momentum after it;
                     masks.mask_grads_()  # a dense method's masks are all ones: nothing to zero
-            optimizer.step()
+            if windows_rng is None:
+                optimizer.step()
+            else:  # main.py train(): lr * seq_len / bptt for this step
+                with scaled_lr(optimizer, seq_len, cfg.bptt):
+                    optimizer.step()
             if sparse:
                 masks.apply_()
             loop.step += 1
@@ -236,7 +249,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                 bar.set_postfix(ppl=f"{ppl:.1f}")
                 if bar.disable and main:  # no terminal: progress goes to the log instead
                     log.info("epoch %d | %d/%d batches | %.0f ms/batch | train ppl %.1f", epoch, n_batches,
-                             len(starts), 1000 * (time.time() - t0) / n_batches, ppl)
+                             len(windows), 1000 * (time.time() - t0) / n_batches, ppl)
         train_time = time.time() - t0
         total_loss, n_seen = distributed.all_sum([total_loss, n_batches], world, device)
         train_loss = total_loss / n_seen
@@ -280,6 +293,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                 "weights": dict(model.named_parameters()), "masks": masks.state_dict(),
                 "optimizer": optimizer.state_dict(), "method": method.state_dict(),
                 "rng": {"topology": topology_rng.get_state(),
+                        **({"bptt": windows_rng.state_dict()} if windows_rng is not None else {}),
                         **({"ranks": rank_rng} if world.enabled else rank_rng[0])},
                 "loop": vars(loop).copy(), "metrics_lines": len(metrics.records),
             })
