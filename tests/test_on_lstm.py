@@ -221,6 +221,32 @@ def test_mask_exact_through_dropconnect():
             assert not torch.equal(params[n].detach(), before[n])  # the rest did train
 
 
+def test_snt_asgd_averages_every_hh_weight_under_its_mask():
+    """Selfish-RNN's Sparse_ASGD masks only encoder and ih.0.weight for ON-LSTM (init_optimizer_mask); ours
+    averages hh.weight per weight under its mask too: dead weights average to 0, alive ones from their step."""
+    from selfish_deploy.training.config import TrainConfig
+    from selfish_deploy.training.optim import build_optimizer
+
+    cfg = small_cfg(wdrop=0.5)
+    model = build_model(cfg).train()
+    masks = MaskRegistry(model, density=0.3, generator=torch.Generator().manual_seed(1))
+    opt = build_optimizer("snt-asgd", model, TrainConfig(arch="on_lstm", lr=0.5, asgd_after=0), masks.masks)
+    tokens = torch.randint(0, cfg.vocab_size, (4, 2))
+    for _ in range(3):
+        logp, _ = model(tokens, model.init_hidden(2))
+        (-logp[..., 1].mean()).backward()
+        masks.mask_grads_()
+        opt.step()
+        opt.zero_grad()
+        masks.apply_()
+    averaged = opt.averaged()
+    for k in range(2):
+        name = f"rnn.cells.{k}.hh.weight"
+        mask = masks.masks[name]
+        assert torch.equal(opt.ages(name), mask.float() * 3)  # one age per weight: 3 alive steps, 0 if dead
+        assert bool((averaged[name][~mask] == 0).all()) and bool((averaged[name][mask] != 0).any())
+
+
 def test_dropconnect_train_and_eval_weights():
     cfg = small_cfg(wdrop=0.25)
     hh = on_lstm.ONLSTMTrunk(cfg).cells[0].hh
@@ -367,6 +393,9 @@ def test_trained_run_exports_and_every_backend_equals_the_eval_forward(on_lstm_r
                                     "rnn.cells.1.ih.0.weight", "rnn.cells.1.hh.weight"}
     for name, mask in run.masks.items():  # the CSR holds exactly the masked weights, W_hh included
         assert torch.equal(exported.sparse[name].mask(), mask)
+    # the card's per-gate table splits the rows as the cell stacks them: 4 rows per master gate, 20 per gate
+    card = (export_dir / "README.md").read_text()
+    assert "| `rnn.cells.0.hh.weight` | master_i | 4 |" in card and "| `rnn.cells.0.hh.weight` | f | 20 |" in card
     model = run.build_model().eval()
     tokens = torch.randint(0, len(run.vocab), (9, 3), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -407,3 +436,13 @@ def test_trained_run_is_served(on_lstm_run):
         logp, _ = model(torch.tensor([lm.vocab.eos_id] + ids[:-1]).view(-1, 1), model.init_hidden(1))
     ref = logp[:, 0].gather(1, torch.tensor(ids).view(-1, 1)).view(-1)
     assert rel_err(torch.tensor(r.json()["logprobs"]), ref) < 1e-5
+
+
+def test_cli_refuses_a_chunk_size_that_does_not_divide_the_widths(data_dir, tmp_path, capsys):
+    from selfish_deploy.training.cli import main
+
+    code = main(["--data-dir", str(data_dir), "--corpus", "ptb-tiny", "--arch", "on_lstm", "--hidden", "20",
+                 "--emb", "10", "--chunk-size", "3", "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a multiple of chunk_size 3" in err[0]

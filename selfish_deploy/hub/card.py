@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..data import HUB_SOURCES
 from ..errors import UserError
 from ..exportdir import ExportedModel
-from ..families import ALL, gate_blocks, get_decoder, get_family
+from ..families import ALL, gate_blocks, gate_rows, get_decoder, get_family
 from .template import TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -99,18 +99,19 @@ def _gate_rows(model: ExportedModel) -> list[dict]:
         labels = gate_blocks(name, cfg)
         labels = labels if len(labels) > 1 else ALL  # one block: the whole matrix
         g = len(labels)
+        shape = model.sparse[name].shape if name in model.sparse else model.dense[name].shape
+        per_block = (gate_rows(name, cfg) if g > 1 else None) or [shape[0] // g] * g  # unequal: ON-LSTM
+        n_cols = shape[1]
         if name in model.sparse:
             csr = model.sparse[name]
             per_entry = csr.values.element_size() + csr.col_indices.element_size()
-            blocks = [int(b.sum()) for b in csr.mask().chunk(g, dim=0)]
-            n_rows, n_cols = csr.shape[0] // g, csr.shape[1]
-            sizes = [n * per_entry + n_rows * csr.crow_indices.element_size() for n in blocks]
+            blocks = [int(b.sum()) for b in csr.mask().split(list(per_block), dim=0)]
+            sizes = [n * per_entry + r * csr.crow_indices.element_size() for n, r in zip(blocks, per_block)]
         else:
             t = model.dense[name]
-            n_rows, n_cols = t.shape[0] // g, t.shape[1]
-            blocks = [n_rows * n_cols] * g
-            sizes = [n_rows * n_cols * t.element_size()] * g
-        for label, nnz, size in zip(labels, blocks, sizes):
+            blocks = [r * n_cols for r in per_block]
+            sizes = [r * n_cols * t.element_size() for r in per_block]
+        for label, n_rows, nnz, size in zip(labels, per_block, blocks, sizes):
             rows.append({"tensor": name, "gate": label, "rows": n_rows, "nnz": nnz, "size": n_rows * n_cols,
                          "density": nnz / (n_rows * n_cols), "bytes": size})
     return rows
