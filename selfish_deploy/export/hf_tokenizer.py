@@ -84,7 +84,9 @@ def write_hf_tokenizer(export_dir: str | Path, vocab: Vocabulary) -> bool:
                     TOKENIZER_FILE, out.parent)
         return False
     out.mkdir(exist_ok=True)
-    (out / TOKENIZER_FILE).write_text(tok.to_str(pretty=True) + "\n", encoding="utf-8")
+    tmp = out / (TOKENIZER_FILE + ".tmp")  # as write_json: a reader never sees half a file
+    tmp.write_text(tok.to_str(pretty=True) + "\n", encoding="utf-8")
+    tmp.replace(out / TOKENIZER_FILE)
     specials = special_tokens(vocab)
     write_json(out / "special_tokens_map.json", specials)
     write_json(out / "tokenizer_config.json", {
