@@ -364,3 +364,34 @@ def test_tiny_run_scores_in_sparse_lm_as_the_eval_forward(tiny_rhn):
         lp, state = lm.forward(tokens[t:t + 1], state)
         steps.append(lp)
     assert _rel(torch.cat(steps), want) < 1e-5
+
+
+def test_tiny_run_is_served_and_every_backend_agrees(tiny_rhn):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from selfish_deploy.rundir import load_run
+    from selfish_deploy.runtime import SparseLM
+    from selfish_deploy.serving.app import create_app
+
+    run_dir, export_dir = tiny_rhn
+    model = load_run(run_dir).build_model()
+    lm = SparseLM.load(export_dir)
+    text = "the company said it expects higher sales"
+    ids = lm.vocab.encode(text, add_eos=True)
+    with torch.no_grad():
+        logp, _ = model(torch.tensor([lm.vocab.eos_id] + ids[:-1]).view(-1, 1), model.init_hidden(1))
+    want = logp[:, 0].gather(1, torch.tensor(ids).view(-1, 1)).view(-1)
+    with TestClient(create_app(lm, "rhn")) as client:
+        health = client.get("/health").json()
+        assert health["arch"] == "rhn"
+        r = client.post("/v1/score", json={"text": text})
+        assert r.status_code == 200, r.text
+        assert torch.allclose(torch.tensor(r.json()["logprobs"]), want, rtol=1e-5, atol=1e-5)
+    greedy = {}
+    for backend in ("sparse", "dense", "onnx"):
+        other = SparseLM.load(export_dir, backend=backend)
+        scored = other.score_ids([[lm.vocab.eos_id] + ids])[0].logprobs
+        assert torch.allclose(torch.tensor(scored), want, rtol=1e-5, atol=1e-5), backend
+        greedy[backend] = other.generate(ids[:3], max_tokens=5, temperature=0).token_ids
+    assert greedy["sparse"] == greedy["dense"] == greedy["onnx"] and len(greedy["sparse"]) == 5
