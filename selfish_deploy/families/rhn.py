@@ -291,7 +291,7 @@ def _onnx_trunk(graph, exported, x: str, states_in: list[str], states_out: list[
 
 register(Family(
     name="rhn",
-    title="Recurrent Highway Network (Zilly et al. 2017), coupled carry gate",
+    title="Recurrent Highway Network (RHN)",
     trunk=RHNTrunk,
     parameter_shapes=parameter_shapes,
     state_layout=lambda config: [(("h", width),) for _, width in config.layer_sizes()],
