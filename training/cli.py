@@ -9,7 +9,7 @@ from pathlib import Path
 
 from selfish_deploy import cli
 from selfish_deploy.errors import UserError
-from selfish_deploy.families import FAMILIES, all_options, decoder_names, family_names
+from selfish_deploy.families import DECODERS, FAMILIES, all_options, decoder_names, family_names
 from selfish_deploy.rundir import read_json
 
 from .config import TrainConfig, load_recipe, upgrade_saved
@@ -66,8 +66,7 @@ HELP = {
     "max_batches": "train on at most this many batches per epoch (schedules shrink to match); "
                    "evaluation still covers the whole split",
 }
-CHOICES = {"arch": family_names(), "decoder": decoder_names(), "method": tuple(sorted(METHODS)), "distribution": ("uniform", "erk"),
-           "optimizer": OPTIMIZERS}
+CHOICES = {"method": tuple(sorted(METHODS)), "distribution": ("uniform", "erk"), "optimizer": OPTIMIZERS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a run already in --out (without it, an existing run is never touched)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     defaults = TrainConfig()
+    choices = {**CHOICES, "arch": family_names(), "decoder": decoder_names()}  # the registry as it is now
     for f in fields(TrainConfig):
         if f.name == "options":  # one flag per option below
             continue
@@ -91,18 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
             continue
         kind = {"int": int, "float": float}.get(f.type.split(" |")[0], str)
-        p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
+        p.add_argument(flag, type=kind, default=None, choices=choices.get(f.name),
                        help=f"{HELP[f.name]} (default: {default})")
-    for opt in all_options():  # the families' and decoders' own knobs
-        owners = [f.name for f in FAMILIES.values() if opt.name in {o.name for o in f.options}]
-        where = f"--arch {'/'.join(owners)}" if owners else "its decoder"
+    for opt in all_options():  # the families' and decoders' own knobs, each with its owners' defaults
         flag = "--" + opt.name.replace("_", "-")
+        where = f"{opt.help} (default: {option_defaults(opt.name)})"
         if opt.type is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{opt.help} ({where}; default: {opt.default})")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=where)
         else:
-            p.add_argument(flag, type=opt.type, default=None, help=f"{opt.help} ({where}; default: {opt.default})")
+            p.add_argument(flag, type=opt.type, default=None, help=where)
     return p
+
+
+def option_defaults(name: str) -> str:
+    """``awd_lstm 0.4, rhn 0.65``: the default of option ``name`` in every family and decoder declaring it."""
+    owners = [(f"--arch {e.name}" if e.name in FAMILIES else f"--decoder {e.name}", o.default)
+              for e in (*FAMILIES.values(), *DECODERS.values()) for o in e.options if o.name == name]
+    return ", ".join(f"{who} {default}" for who, default in owners)
 
 
 def resolve(args: argparse.Namespace) -> tuple[TrainConfig, bool]:

@@ -14,6 +14,8 @@ The sparse runtime is the lead's fused path ``runtime.stacked.StackedTrunk``, im
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -65,8 +67,12 @@ class StackedRNN(nn.ModuleList):
         return x, new_state
 
 
-def _parameter_shapes(config) -> dict[str, tuple[int, ...]]:
-    g = len(GATES[config.arch])
+def _trunk(cell: str, config) -> StackedRNN:
+    return StackedRNN(cell, config.layer_sizes(), config.dropout)
+
+
+def _parameter_shapes(cell: str, config) -> dict[str, tuple[int, ...]]:
+    g = len(GATES[cell])
     shapes = {}
     for k, (n_in, n_out) in enumerate(config.layer_sizes()):
         shapes.update({f"rnns.{k}.weight_ih_l0": (g * n_out, n_in), f"rnns.{k}.weight_hh_l0": (g * n_out, n_out),
@@ -74,8 +80,8 @@ def _parameter_shapes(config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _state_layout(config) -> list[tuple[tuple[str, int], ...]]:
-    parts = ("h", "c") if config.arch == "lstm" else ("h",)
+def _state_layout(cell: str, config) -> list[tuple[tuple[str, int], ...]]:
+    parts = ("h", "c") if cell == "lstm" else ("h",)
     return [tuple((p, n_out) for p in parts) for _, n_out in config.layer_sizes()]
 
 
@@ -91,17 +97,17 @@ def _permute(t: torch.Tensor, cell: str) -> torch.Tensor:
     return torch.cat([blocks[i] for i in ONNX_GATE_ORDER[cell]], dim=0)
 
 
-def _onnx_trunk(graph, exported, x: str, states_in: list[str], states_out: list[str]) -> str:
+def _onnx_trunk(cell: str, graph, exported, x: str, states_in: list[str], states_out: list[str]) -> str:
     """ONNX ``LSTM``/``GRU``/``RNN`` per layer (export/onnx_graph.py's builder interface).
 
     GRU uses ``linear_before_reset=1`` (PyTorch's b_hn inside r * (.)); ``rnn_relu`` is ONNX RNN with Relu.
     """
     cfg = exported.model_config
-    cell = cfg.arch
     parts = 2 if cell == "lstm" else 1
     axis0, axis1 = graph.axes(0), graph.axes(1)
-    for k, (_, width) in enumerate(cfg.layer_sizes()):
+    for k in range(cfg.layers):
         p = f"rnns.{k}"
+        width = exported.weight(f"{p}.weight_hh_l0").shape[1]  # the stored width (awd_lstm's last_hidden too)
         ws = []
         for src, dst in (("weight_ih", "W"), ("weight_hh", "R")):
             w, m = graph.matrix(f"{p}.{src}_l0")
@@ -129,10 +135,10 @@ def _onnx_trunk(graph, exported, x: str, states_in: list[str], states_out: list[
 for _cell in CELLS:
     register(Family(
         name=_cell, title=TITLES[_cell],
-        trunk=lambda config: StackedRNN(config.arch, config.layer_sizes(), config.dropout),
-        parameter_shapes=_parameter_shapes, state_layout=_state_layout,
+        trunk=partial(_trunk, _cell), parameter_shapes=partial(_parameter_shapes, _cell),
+        state_layout=partial(_state_layout, _cell),
         gates=GATES[_cell], gate_labels={g: GATE_LABELS[g] for g in GATES[_cell]},
-        sparse_trunk=_sparse_trunk, onnx_trunk=_onnx_trunk,
+        sparse_trunk=_sparse_trunk, onnx_trunk=partial(_onnx_trunk, _cell),
         death_rate=0.8 if _cell == "lstm" else 0.5,  # Selfish-RNN: 0.8 for the stacked LSTM
         layout_text=("Weight matrices keep PyTorch's gate-stacked layout: `weight_ih_l0` is `(G*H, I)` with row "
                      f"blocks `[{'|'.join(GATES[_cell])}]` ({TITLES[_cell]})."),
