@@ -101,9 +101,9 @@ def onlstm_cell(gates: torch.Tensor, c: torch.Tensor, chunk_size: int) -> tuple[
     """One step from the summed projections ``gates`` (B, G) and the cell ``c`` (B, H): new ``h``, ``c``."""
     B, H = c.shape
     n = H // chunk_size
-    mi = 1.0 - cumax(gates[:, :n])  # (B, n)
-    mf = cumax(gates[:, n:2 * n])
-    o, g, i, f = gates[:, 2 * n:].reshape(B, 4, n, chunk_size).unbind(1)  # each (B, n, chunk)
+    mi, mf, units = gates.split([n, n, 4 * H], dim=1)  # split, not slices: one backward node, no zero-fills
+    mi, mf = 1.0 - cumax(mi), cumax(mf)  # (B, n)
+    o, g, i, f = units.reshape(B, 4, n, chunk_size).unbind(1)  # each (B, n, chunk)
     mi, mf = mi[:, :, None], mf[:, :, None]
     w = mf * mi
     f = torch.sigmoid(f) * w + (mf - w)
@@ -169,11 +169,13 @@ class ONLSTMTrunk(nn.Module):
         w_hh = [cell.hh.effective_weight() for cell in self.cells]  # ONLSTMStack: sample_masks() first
         new, last = [], len(self.cells) - 1
         for k, cell in enumerate(self.cells):
-            gi = cell.ih(x)  # (T, B, G): every time step at once
+            gi = cell.ih(x) + cell.hh.bias  # (T, B, G): every time step at once, both biases
+            w_t = w_hh[k].t()
             h, c = state[k]
             outs = []
-            for t in range(x.size(0)):
-                h, c = onlstm_cell(gi[t] + F.linear(h, w_hh[k], cell.hh.bias), c, self.chunk_size)
+            for gi_t in gi.unbind(0):  # unbind: its backward stacks the T gradients once (gi[t] would
+                # zero-fill a (T, B, G) gradient per step)
+                h, c = onlstm_cell(torch.addmm(gi_t, h, w_t), c, self.chunk_size)
                 outs.append(h)
             x = torch.stack(outs) if outs else x.new_zeros(0, x.size(1), cell.hidden_size)
             new.append((h, c))
