@@ -273,19 +273,20 @@ def test_trained_weights_keep_exact_masks(awd_run):
         assert bool((run.weights[n][~m] == 0).all())  # nothing alive off the mask
 
 
-def test_resume_with_variable_bptt_is_exact(data_dir, tmp_path):
+def test_resume_with_variable_bptt_is_exact(data_dir, tmp_path, awd_run):
+    """Stopped after epoch 1 and resumed, the run equals ``awd_run`` (trained straight through): the window
+    sampler's state is in the checkpoint, and the topology update, the switch and the averaging follow."""
     from safetensors.torch import load_file
 
     from selfish_deploy.training.cli import main
 
-    assert train(data_dir, tmp_path / "straight", "--epochs", "2") == 0
-    assert train(data_dir, tmp_path / "split", "--epochs", "2", "--stop-after-epoch", "1") == 0
-    assert main(["--resume", str(tmp_path / "split")]) == 0
-    records = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("straight", "split")]
-    drop_times = [[{k: v for k, v in json.loads(line).items() if not k.endswith("time_s")}
-                   for line in r.splitlines()] for r in records]
-    assert drop_times[0] == drop_times[1]
-    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "split"))
+    split = tmp_path / "split"
+    assert train(data_dir, split, "--epochs", "3", "--asgd-after", "2", "--stop-after-epoch", "1") == 0
+    assert main(["--resume", str(split)]) == 0
+    records = [[{k: v for k, v in json.loads(line).items() if not k.endswith("time_s")}
+                for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (awd_run, split)]
+    assert records[0] == records[1]
+    a, b = (load_file(str(d / "model.safetensors")) for d in (awd_run, split))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -403,3 +404,35 @@ def test_onnx_export_equals_pytorch(awd_run, awd_export):
     assert ((got - ref).abs() / ref.abs()).max().item() < 1e-5
     h, c = state[-1]
     assert torch.allclose(torch.from_numpy(c), ref_state[-1][1], atol=1e-5)
+
+
+def test_ptb_recipe_is_awd_lstm_lms():
+    from selfish_deploy.training.config import TrainConfig, load_recipe
+
+    cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **load_recipe("ptb-awd-lstm")})
+    assert (cfg.arch, cfg.layers, cfg.hidden, cfg.emb, cfg.tie_weights, cfg.dropout) == ("awd_lstm", 3, 1150, 400,
+                                                                                        True, 0.4)
+    assert cfg.options == {"dropouti": 0.4, "dropouth": 0.25, "dropoute": 0.1, "wdrop": 0.5, "alpha": 2.0,
+                           "beta": 1.0, "variable_bptt": True}
+    assert (cfg.lr, cfg.clip, cfg.bptt, cfg.batch_size, cfg.weight_decay, cfg.seed, cfg.epochs) == (
+        30.0, 0.25, 70, 20, 1.2e-6, 141, 500)
+    assert (cfg.eval_batch_size, cfg.test_batch_size, cfg.nonmono, cfg.optimizer) == (10, 1, 5, "snt-asgd")
+    assert (cfg.method, cfg.density, cfg.death_rate) == ("selfish", 0.45, None)
+    from selfish_deploy.training.methods import METHODS
+    assert METHODS["selfish"](None, 1, cfg, None).initial_death_rate == 0.5  # Selfish-RNN's ONLSTM/ command
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--arch", "awd_lstm", "--wdrop", "1.0"], "wdrop"),
+    (["--arch", "awd_lstm", "--dropoute", "-0.1"], "dropoute"),
+    (["--arch", "awd_lstm", "--alpha", "-1"], "alpha"),
+    (["--arch", "awd_lstm", "--last-hidden", "7", "--emb", "16"], "last layer"),  # tied softmax needs emb
+    (["--arch", "lstm", "--alpha", "2"], "--alpha"),  # the stacked cells have no AR
+    (["--arch", "lstm", "--variable-bptt"], "--variable-bptt"),
+])
+def test_bad_options_exit_2_with_a_message(argv, fragment, capsys, tmp_path):
+    from selfish_deploy.training.cli import main
+
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
