@@ -96,6 +96,7 @@ class Family:
     validate: Callable[["ModelConfig"], None] = _no_check  # raise UserError for configs it cannot build
     death_rate: float = 0.5  # selfish's initial death rate when --death-rate is unset (paper: 0.8 for LSTM)
     layout_text: str = ""  # one sentence for the card: how the trunk's tensors are laid out
+    tags: tuple[str, ...] = ()  # Hub tags of the card; () = the name, kebab-case ("awd-lstm")
 
     def blocks(self, name: str, config: "ModelConfig") -> tuple[str, ...]:
         """Row-block names stacked in the trunk tensor ``name`` (``ALL`` for biases and unstacked ones)."""

@@ -140,6 +140,7 @@ for _cell in CELLS:
         gates=GATES[_cell], gate_labels={g: GATE_LABELS[g] for g in GATES[_cell]},
         sparse_trunk=_sparse_trunk, onnx_trunk=partial(_onnx_trunk, _cell),
         death_rate=0.8 if _cell == "lstm" else 0.5,  # Selfish-RNN: 0.8 for the stacked LSTM
+        tags=(_cell.split("_")[0],),  # lstm, gru, rnn
         layout_text=("Weight matrices keep PyTorch's gate-stacked layout: `weight_ih_l0` is `(G*H, I)` with row "
                      f"blocks `[{'|'.join(GATES[_cell])}]` ({TITLES[_cell]})."),
     ))

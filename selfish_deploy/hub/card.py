@@ -204,7 +204,8 @@ def card_data(model: ExportedModel, repo_id: str | None = None, license: str = D
     train, corpus = cfg.get("train") or {}, (cfg.get("corpus") or {}).get("name") or ""
     dataset_id, dataset_name, dataset_config = dataset_of(corpus)
     method_tags = METHODS.get(train.get("method"), ("", "", []))[2]
-    tags = [arch.split("_")[0], "rnn", "language-modeling", *(["sparse"] if cfg.get("density", 1.0) < 1 else []),
+    family = get_family(arch)
+    tags = [*(family.tags or (family.name.replace("_", "-"),)), "rnn", "language-modeling", *(["sparse"] if cfg.get("density", 1.0) < 1 else []),
             *method_tags, LIBRARY_NAME]
     evals = [EvalResult(task_type="text-generation", task_name="Language modeling",
                         dataset_type=dataset_id or corpus, dataset_name=dataset_name, dataset_config=dataset_config,
