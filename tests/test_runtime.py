@@ -97,6 +97,33 @@ def test_input_table_gives_the_same_numbers_bit_for_bit(exports, arch, density, 
         assert all(torch.equal(x, y) for x, y in zip(sa.tensors(), sb.tensors()))
 
 
+@pytest.mark.skipif(not kernels.compiled_available(), reason="compiled kernels not built")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("density", [0.05, 0.33, 1.0])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("table", [True, False])
+def test_fused_batch1_step_equals_the_kernel_sequence(exports, arch, density, dtype, table, monkeypatch):
+    """The one-call batch-1 step gives the bits of embed/spmm/recurrent/decoder, state included, step after step."""
+    from selfish_deploy.runtime import stacked
+
+    monkeypatch.setattr(stacked, "INPUT_TABLE_BYTES", stacked.INPUT_TABLE_BYTES if table else 0)
+    lm = SparseLM.load(exports(arch, density, dtype, tie=density != 0.33))
+    be = lm.backend
+    assert be.step is not None and (be.trunk.table is not None) == (table and density < 1.0)
+    gen = torch.Generator().manual_seed(3)
+    fused = plain = lm.init_state(1).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
+    for tok in [0, 7, 40, 7]:
+        t = torch.tensor([[tok]])
+        a, fused = be.forward(t, fused)
+        x, plain = be.trunk(t, plain)
+        b = be.head(x, full=True)["logprobs"].view(1, 1, -1)
+        assert torch.equal(a, b)
+        assert all(torch.equal(p, q) for p, q in zip(fused.tensors(), plain.tensors()))
+    odd = fused.map(lambda t: torch.stack([t, t], -1)[..., 0])  # the same values, strided: not the fused layout
+    assert not be.step.usable(odd)
+    assert torch.equal(lm.forward(torch.tensor([[3]]), odd)[0], lm.forward(torch.tensor([[3]]), fused)[0])
+
+
 def test_fallback_kernels_equal_compiled(exports, monkeypatch):
     path = exports("lstm", 0.33)
     compiled = SparseLM.load(path)
@@ -230,12 +257,13 @@ def test_text_api(exports):
 
 
 def test_state_selects_and_concatenates_rows():
-    s = State.zeros([3, 2], 4, lstm=True).map(lambda t: torch.arange(t.numel(), dtype=torch.float).view(t.shape))
+    s = State([(torch.zeros(4, w), torch.zeros(4, w)) for w in (3, 2)])
+    s = s.map(lambda t: torch.arange(t.numel(), dtype=torch.float).view(t.shape))
     picked = s.select([2, 0])
     assert picked.batch_size == 2 and torch.equal(picked[0][0][0], s[0][0][2])
     joined = State.cat([picked, s.select([1])])
     assert joined.batch_size == 3 and torch.equal(joined[1][1][2], s[1][1][1])
-    g = State.zeros([5], 2, lstm=False)
+    g = State([torch.zeros(2, 5)])
     assert State.cat([g, g]).batch_size == 4 and isinstance(g[0], torch.Tensor)
 
 

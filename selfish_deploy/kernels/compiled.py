@@ -29,6 +29,17 @@ class SdMatrix(ctypes.Structure):
                 ("sell_block", ctypes.c_int64)]
 
 
+class SdStackLayer(ctypes.Structure):
+    _fields_ = [("w_ih", ctypes.POINTER(SdMatrix)), ("proj_bias", ctypes.c_void_p), ("w_hh", ctypes.POINTER(SdMatrix)),
+                ("cell_bias", ctypes.c_void_p)]
+
+
+class SdStack(ctypes.Structure):
+    _fields_ = [("cell", ctypes.c_int32), ("layers", ctypes.c_int32), ("encoder", ctypes.POINTER(SdMatrix)),
+                ("table", ctypes.c_void_p), ("layer", ctypes.POINTER(SdStackLayer)),
+                ("decoder", ctypes.POINTER(SdMatrix)), ("decoder_bias", ctypes.c_void_p)]
+
+
 def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -80,6 +91,8 @@ class CompiledKernels:
         lib.sd_decoder.argtypes = [sp, vp, vp, i64, i64, vp, vp, vp, vp, vp, i32]
         for f in (lib.sd_spmm, lib.sd_embed, lib.sd_recurrent, lib.sd_decoder):
             f.restype = ctypes.c_int
+        lib.sd_stack_step.argtypes = [ctypes.POINTER(SdStack), i64, vp, vp, vp, vp, vp, i32]
+        lib.sd_stack_step.restype = ctypes.c_int
         lib.sd_set_min_work.argtypes = [ctypes.c_double]
         self.threads = 1
 
@@ -179,3 +192,63 @@ class CompiledKernels:
                                          _ptr(res.get("max_lp")), _ptr(res.get("logprobs")), self.threads),
                      "decoder")
         return res
+
+
+class StackStep:
+    """One generation step at batch 1 of a stacked model, in one call: layer by layer the fused cell (with
+    ``W_ih x`` or the first layer's input-table row), then the decoder's log-softmax. The same sums in the same
+    order as ``embed``/``spmm``/``recurrent``/``decoder`` at one column, so the same numbers bit for bit.
+
+    ``layers``: per layer ``(w_ih, proj_bias, w_hh, cell_bias)`` as ``recurrent`` takes them (cell_bias: GRU's
+    b_hh, else None); ``table``: (V, G*H0) or None."""
+
+    def __init__(self, kernels: CompiledKernels, cell: str, encoder: Matrix, layers, table: torch.Tensor | None,
+                 decoder: Matrix, decoder_bias: torch.Tensor):
+        self.kernels, self.lstm = kernels, cell == "lstm"
+        self.widths = [w_hh.cols for _, _, w_hh, _ in layers]
+        self.vocab = decoder.rows
+        for w_ih, proj_bias, w_hh, cell_bias in layers:
+            H = w_hh.cols
+            if w_hh.rows != GATES[cell] * H or w_ih.rows != w_hh.rows:
+                raise ValueError(f"{cell}: W_ih/W_hh have {w_ih.rows}/{w_hh.rows} rows, expected {GATES[cell]} x {H}")
+            if proj_bias is not None:
+                _check(proj_bias, "proj_bias", (w_ih.rows,))
+            if cell == "gru":
+                _check(cell_bias, "cell_bias", (w_hh.rows,))
+        if table is not None:
+            _check(table, "table", (encoder.rows, layers[0][0].rows))
+        _check(decoder_bias, "decoder_bias", (decoder.rows,))
+        # what the C structures point to stays referenced here
+        self._keep = [table, decoder_bias, *(t for layer in layers for t in (layer[1], layer[3]) if t is not None)]
+        self._layers = (SdStackLayer * len(layers))(*[
+            SdStackLayer(ctypes.pointer(struct(w_ih, w_hh.cols)), _ptr(proj_bias), ctypes.pointer(struct(w_hh, w_hh.cols)),
+                         _ptr(cell_bias if cell == "gru" else None)) for w_ih, proj_bias, w_hh, cell_bias in layers])
+        self._stack = SdStack(CELLS[cell], len(layers), ctypes.pointer(struct(encoder, 0)), _ptr(table),
+                              self._layers, ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
+        self._n = len(layers)
+
+    def usable(self, layer_states) -> bool:
+        """Whether a state is in the layout the call reads: per layer (1, H) contiguous fp32 CPU tensors."""
+        for s, H in zip(layer_states, self.widths):
+            for t in (s if isinstance(s, tuple) else (s,)):
+                if t.dtype != torch.float32 or t.device.type != "cpu" or t.shape != (1, H) or not t.is_contiguous():
+                    return False
+        return True
+
+    def __call__(self, token: int, layer_states) -> tuple[torch.Tensor, list]:
+        """Log-probabilities (V,) after ``token`` and the new per-layer state, ``h`` or ``(h, c)``, each (1, H)."""
+        n = self._n
+        arr = ctypes.c_void_p * n
+        h_in = arr(*[(s[0] if self.lstm else s).data_ptr() for s in layer_states])
+        new_h = [torch.empty(1, H) for H in self.widths]
+        h_out = arr(*[t.data_ptr() for t in new_h])
+        if self.lstm:
+            c_in = arr(*[s[1].data_ptr() for s in layer_states])
+            new_c = [torch.empty(1, H) for H in self.widths]
+            c_out = arr(*[t.data_ptr() for t in new_c])
+        else:
+            c_in = c_out = None
+        out = torch.empty(self.vocab)
+        self.kernels._ok(self.kernels.lib.sd_stack_step(ctypes.byref(self._stack), token, h_in, c_in, h_out, c_out,
+                                                       _ptr(out), self.kernels.threads), "stack_step")
+        return out, (list(zip(new_h, new_c)) if self.lstm else new_h)

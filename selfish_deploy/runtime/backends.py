@@ -14,8 +14,8 @@ from .. import kernels
 from ..csr import CSR
 from ..errors import UserError
 from ..exportdir import ExportedModel
-from ..model import RNNLM
-from .stacked import SoftmaxHead, StackedTrunk
+from ..families import get_decoder, get_family
+from ..model import build_model
 from .state import State
 
 BACKENDS = ("sparse", "dense", "onnx")
@@ -76,11 +76,16 @@ class SparseBackend(Backend):
         trunk, head = sparse_parts(exported.model_config)
         self.trunk = trunk(exported, matrix, vector, self.kernels)
         self.head = head(exported, matrix, vector, self.kernels)
+        fused = getattr(self.trunk, "fused_step", None)
+        self.step = fused(self.head) if fused is not None else None  # batch 1 in one compiled call
 
     def forward(self, tokens, state):
         T, B = tokens.shape
         if self.dense is not None and T * B > 1:
             return self.dense.forward(tokens, state)
+        if T * B == 1 and self.step is not None and self.step.usable(state):
+            logp, layers = self.step(int(tokens[0, 0]), state)
+            return logp.view(1, 1, -1), State(layers)
         x, state = self.trunk(tokens, state)
         return self.head(x, full=True)["logprobs"].view(T, B, -1), state
 
@@ -96,34 +101,36 @@ class SparseBackend(Backend):
 
 
 def sparse_parts(config):
-    """The sparse backend's trunk and head classes of ``config``'s family and decoder."""
-    return StackedTrunk, SoftmaxHead
+    """The sparse backend's trunk and head builders, from ``config``'s family and decoder entries."""
+    family, decoder = get_family(config.arch), get_decoder(config.decoder)
+    for entry, part in ((family, family.sparse_trunk), (decoder, decoder.sparse_head)):
+        if part is None:
+            raise UserError(f"the sparse backend cannot run {entry.title} models yet; use backend='dense'")
+    return family.sparse_trunk, decoder.sparse_head
 
 
 class DenseBackend(Backend):
-    """The training model's eval forward (``RNNLM``) on densified weights: the reference, and PyTorch's own
-    fast dense path (nn.LSTM/GRU/RNN, MKL/oneDNN on CPU, cuDNN on CUDA)."""
+    """The training model's eval forward (``build_model``) on densified weights: the reference, and PyTorch's
+    own fast dense path (nn.LSTM/GRU/RNN, MKL/oneDNN on CPU, cuDNN on CUDA)."""
 
     name = "dense"
     kernels_name = "PyTorch dense"
 
     def __init__(self, exported: ExportedModel, device: torch.device, threads: int | None):
         self.device = device
-        self.model = RNNLM(exported.model_config).eval()
+        self.model = build_model(exported.model_config).eval()
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 w = exported.weight(n)
                 p.copy_(w.to_dense(torch.float32) if isinstance(w, CSR) else w.float())
             self.model.to(device)
-            for rnn in self.model.rnns:
-                rnn.flatten_parameters()
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.RNNBase):
+                    m.flatten_parameters()
 
     def forward(self, tokens, state):
-        st = [tuple(t.unsqueeze(0).to(self.device) for t in layer) if isinstance(layer, tuple)
-              else layer.unsqueeze(0).to(self.device) for layer in state]
-        logits, new = self.model(tokens.to(self.device), st)
-        new = State(tuple(t[0] for t in layer) if isinstance(layer, tuple) else layer[0] for layer in new)
-        return torch.log_softmax(logits, dim=-1), new
+        logp, new = self.model(tokens.to(self.device), list(state.map(lambda t: t.to(self.device))))
+        return logp, State(new)
 
 
 class OnnxBackend(Backend):

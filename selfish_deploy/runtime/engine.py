@@ -19,6 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..exportdir import ExportedModel, load_export
+from ..families import get_family
 from ..hub.mixin import HubMixin
 from .backends import BACKENDS, make_backend
 from .generation import BatchGenerator, Completion, TokenEvent
@@ -85,7 +86,7 @@ class SparseLM(HubMixin):
 
     def info(self) -> dict:
         c = self.config
-        return {"arch": c.arch, "layers": c.layers, "hidden": c.hidden, "emb": c.emb, "vocab_size": len(self.vocab),
+        return {"arch": c.arch, "decoder": c.decoder, "layers": c.layers, "hidden": c.hidden, "emb": c.emb, "vocab_size": len(self.vocab),
                 "tied": c.tie_weights, "density": float(self.exported.config.get("density", 1.0)),
                 "backend": self.backend.name, "kernels": self.backend.kernels_name, "device": str(self.device),
                 "threads": self.threads}
@@ -93,8 +94,7 @@ class SparseLM(HubMixin):
     # ---- tensors ---------------------------------------------------------------------------------------------
 
     def init_state(self, batch_size: int) -> State:
-        widths = [n_out for _, n_out in self.config.layer_sizes()]
-        return State.zeros(widths, batch_size, self.config.arch == "lstm", self.device)
+        return State(get_family(self.config.arch).init_state(self.config, batch_size, self.device))
 
     def check_ids(self, ids) -> None:
         V = len(self.vocab)
@@ -107,8 +107,11 @@ class SparseLM(HubMixin):
         """Log-probabilities (T, B, V) of the next token after each of ``tokens`` (T, B), and the new state."""
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise UserError(f"tokens must be an integer tensor (T, B), got {tokens.dtype} {tuple(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= len(self.vocab)):
-            raise UserError(f"token ids must be in [0, {len(self.vocab)})")
+        if tokens.numel():  # a generation step's few ids are checked in Python: two tensor reductions cost more
+            ids = tokens.reshape(-1).tolist() if tokens.numel() <= 256 else None
+            lo, hi = (min(ids), max(ids)) if ids else (int(v) for v in torch.aminmax(tokens))
+            if lo < 0 or hi >= len(self.vocab):
+                raise UserError(f"token ids must be in [0, {len(self.vocab)})")
         state = self.init_state(tokens.shape[1]) if state is None else State.of(state)
         return self.backend.forward(tokens.long(), state)
 

@@ -1,5 +1,5 @@
-"""The stacked LSTM/GRU/RNN trunk and the softmax head on the package's kernels (the sparse backend's path
-for the families in ``families/stacked.py``).
+"""The stacked LSTM/GRU/RNN trunk on the package's kernels (the sparse runtime of the families in
+``families/stacked.py``).
 
 Per layer: the input projections of every time step at once (one sparse x dense product), then the fused
 recurrence, T steps in one kernel call. Activations are feature-major, (features, T*B), column n = t*B + b.
@@ -57,6 +57,16 @@ class StackedTrunk:
     def device(self) -> torch.device:
         return self.encoder.device
 
+    def fused_step(self, head):
+        """The compiled one-call batch-1 step (this trunk and a softmax head: kernels.compiled.StackStep), or
+        None (the reference kernels, another head)."""
+        from ..families.decoders import SoftmaxHead
+        from ..kernels.compiled import StackStep
+
+        if not hasattr(self.kernels, "lib") or not isinstance(head, SoftmaxHead):
+            return None
+        return StackStep(self.kernels, self.cell, self.encoder, self.layers, self.table, head.weight, head.bias)
+
     def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Last layer's outputs (H, T*B), feature-major, and the new state."""
         T, B = tokens.shape
@@ -76,18 +86,3 @@ class StackedTrunk:
             x, h, c = self.kernels.recurrent(self.cell, w_hh, cell_bias, g, T, B, h, c)
             new.append((h.t().contiguous(), c.t().contiguous()) if c is not None else h.t().contiguous())
         return x, State(new)
-
-
-class SoftmaxHead:
-    """``log_softmax(W x + b)`` per column, fused in the decoder kernel (``decoder.weight``, or the tied
-    embedding)."""
-
-    def __init__(self, exported: ExportedModel, matrix, vector, kernels):
-        cfg = exported.model_config
-        self.kernels = kernels
-        self.weight = matrix("encoder.weight" if cfg.tie_weights else "decoder.weight")
-        self.bias = vector("decoder.bias")
-
-    def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None, full: bool = False,
-                 top1: bool = False) -> dict[str, torch.Tensor]:
-        return self.kernels.decoder(self.weight, self.bias, x, targets, full=full, top1=top1)

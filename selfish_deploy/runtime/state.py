@@ -1,4 +1,5 @@
-"""The recurrent state of a batch of sequences: per layer ``h`` (B, H), and ``(h, c)`` for LSTM.
+"""The recurrent state of a batch of sequences: per layer a (B, width) tensor, or a tuple of them (``h`` or
+``(h, c)``: the family's ``state_layout``).
 
 A ``State`` is a list (``state[k]`` is layer k's ``h`` or ``(h, c)``, as ``init_state`` always returned) that
 can also pick and join rows, which is what continuous batching does between steps::
@@ -20,14 +21,6 @@ class State(list):
     @classmethod
     def of(cls, layers) -> "State":
         return layers if isinstance(layers, State) else cls(layers)
-
-    @classmethod
-    def zeros(cls, widths: Sequence[int], batch_size: int, lstm: bool, device="cpu") -> "State":
-        layers = []
-        for w in widths:
-            h = torch.zeros(batch_size, w, device=device)
-            layers.append((h, h.clone()) if lstm else h)
-        return cls(layers)
 
     @property
     def batch_size(self) -> int:

@@ -17,6 +17,8 @@
                         float*, float*, float*, int64_t, int);                                              \
     int decoder_entry(const sd_matrix*, const float*, const float*, int64_t, int64_t, const int64_t*,       \
                       float*, int64_t*, float*, float*, int);                                               \
+    int stack_step_entry(const sd_stack*, int64_t, const float* const*, const float* const*, float* const*,  \
+                         float* const*, float*, int);                                                        \
     }
 DECLARE(generic)
 #if defined(__x86_64__) || defined(_M_X64)
@@ -51,7 +53,7 @@ double sd_min_work = 32768.0;  // multiply-adds per thread below which a kernel 
 
 void sd_set_min_work(double w) { sd_min_work = w; }
 
-int sd_abi_version() { return 2; }
+int sd_abi_version() { return 3; }
 
 const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
 
@@ -142,5 +144,10 @@ int sd_recurrent(int cell, const sd_matrix* W, const float* bhh, const float* G,
 int sd_decoder(const sd_matrix* W, const float* bias, const float* X, int64_t ldx, int64_t N, const int64_t* targets,
                float* target_lp, int64_t* argmax, float* max_lp, float* out, int nt) {
     return DISPATCH(decoder_entry(W, bias, X, ldx, N, targets, target_lp, argmax, max_lp, out, nt));
+}
+
+int sd_stack_step(const sd_stack* S, int64_t id, const float* const* h_in, const float* const* c_in,
+                  float* const* h_out, float* const* c_out, float* logprobs, int nt) {
+    return DISPATCH(stack_step_entry(S, id, h_in, c_in, h_out, c_out, logprobs, nt));
 }
 }

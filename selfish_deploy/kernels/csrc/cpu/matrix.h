@@ -31,6 +31,25 @@ struct sd_matrix {
     const void* sell_val;
     int64_t sell_block;
 };
+
+// A stacked LSTM/GRU/RNN language model for one generation step at batch 1 (sd_stack_step): per layer the
+// input and recurrent matrices (both with SELL-8 copies in blocks of `hidden` rows) and the biases as the
+// layered kernels take them (proj_bias = b_ih (+ b_hh except GRU), cell_bias = b_hh for GRU, else null).
+struct sd_stack_layer {
+    const sd_matrix* w_ih;
+    const float* proj_bias;
+    const sd_matrix* w_hh;
+    const float* cell_bias;
+};
+struct sd_stack {
+    int32_t cell;
+    int32_t layers;
+    const sd_matrix* encoder;  // used when table is null
+    const float* table;        // (V, G*H0): W_ih0 E[v] + proj_bias of layer 0, or null
+    const sd_stack_layer* layer;
+    const sd_matrix* decoder;  // with its SELL-8 copy over all rows
+    const float* decoder_bias;
+};
 }
 
 static inline float load_value(const float* v, int64_t p) { return v[p]; }
