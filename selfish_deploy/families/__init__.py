@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # only for annotations: model.py imports this package
     from ..model import ModelConfig
 
 # Modules that register families and decoders, imported in this order when this package is (at its end).
-MODULES = ("stacked", "decoders", "awd_lstm", "on_lstm", "rhn")
+MODULES = ("stacked", "decoders", "awd_lstm", "on_lstm", "rhn", "mos")
 
 ALL = ("all",)  # the one block of a tensor that stacks nothing
 
