@@ -436,3 +436,47 @@ def test_bad_options_exit_2_with_a_message(argv, fragment, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+def test_last_hidden_width_trains_exports_and_runs(tmp_path):
+    """``last_hidden`` (zihangdai/mos's nhidlast) sets the last layer's width; untied, the softmax decoder reads
+    it. Random weights under random masks, exported with ONNX: the sparse runtime, the dense backend and ONNX
+    Runtime equal the eval forward."""
+    from selfish_deploy.export.onnx_runner import OnnxLM
+    from selfish_deploy.export.writer import export_run
+    from selfish_deploy.model import ModelConfig, build_model
+    from selfish_deploy.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, save_weights, write_json
+    from selfish_deploy.runtime import SparseLM
+    from selfish_deploy.vocab import Vocabulary
+
+    cfg = ModelConfig(arch="awd_lstm", vocab_size=30, emb=8, hidden=12, layers=2, tie_weights=False,
+                      options={"last_hidden": 10})
+    model = build_model(cfg)
+    assert [tuple(s[0].shape) for s in model.init_hidden(3)] == [(3, 12), (3, 10)]
+    assert model.decoder.weight.shape == (30, 10) and model.rnns[1].weight_hh_l0.shape == (40, 10)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_((torch.rand(p.shape, generator=gen) - 0.5) * 1.2)
+    masks = MaskRegistry(model, 0.4, generator=gen)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_weights(run / "model.safetensors", model, masks.masks)
+    Vocabulary(["<eos>", "<unk>", *(f"w{i}" for i in range(2, 30))]).save(run / "vocab.txt")
+    write_json(run / "config.json", {
+        "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "model": cfg.to_dict(),
+        "train": {"method": "static", "density": 0.4, "seed": 0}, "corpus": {"name": "synthetic"},
+        "vocab_size": 30, "density": masks.total_density(),
+        "density_per_tensor": {n: masks.density(n) for n in masks}, "results": {}})
+    export_run(run, tmp_path / "export", onnx=True)
+
+    tokens = torch.randint(0, 30, (6, 3), generator=gen)
+    model.eval()
+    with torch.no_grad():
+        ref, _ = model(tokens, model.init_hidden(3))
+    for backend in ("sparse", "dense"):
+        logp, _ = SparseLM.load(tmp_path / "export", backend=backend).forward(tokens)
+        assert ((logp - ref).abs() / ref.abs()).max().item() < 1e-5, backend
+    onnx_logp, _ = OnnxLM.load(tmp_path / "export", threads=1).forward(tokens.t().numpy())
+    got = torch.from_numpy(onnx_logp).transpose(0, 1)
+    assert ((got - ref).abs() / ref.abs()).max().item() < 1e-5
