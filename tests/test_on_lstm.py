@@ -276,17 +276,20 @@ def test_ar_tar_input_is_the_raw_last_layer():
 
 # --- runtime trunk and ONNX against the eval forward --------------------------------------------------------
 
-def build(cfg, density: float, seed: int = 0):
-    """A model with random weights under random masks, and its export in memory (CSR below density 1)."""
+def build(cfg, density: float, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A model with random weights under random masks, and its export in memory (CSR below density 1; CSR
+    values in ``dtype``, the model's weights rounded to it, as an fp16/bf16 export is computed)."""
     model = build_model(cfg)
     randomize(model, seed)
     masks = MaskRegistry(model, density=density, generator=torch.Generator().manual_seed(seed))
     sparse, dense = {}, {}
-    for n, p in model.named_parameters():
-        if n in masks.masks and density < 1.0:
-            sparse[n] = CSR.from_masked(p.detach(), masks.masks[n])
-        else:
-            dense[n] = p.detach().clone()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in masks.masks and density < 1.0:
+                sparse[n] = CSR.from_masked(p, masks.masks[n], dtype)
+                p.copy_(sparse[n].to_dense(torch.float32))
+            else:
+                dense[n] = p.detach().clone()
     exported = ExportedModel(config={"dtype": "fp32"}, model_config=cfg, vocab=None, sparse=sparse, dense=dense)
     return model.eval(), exported
 
@@ -331,15 +334,29 @@ def test_runtime_trunk_equals_eval_forward(which, density, batch):
     assert rel_err(torch.cat([x1, x2], dim=1), x) < 1e-5
 
 
-@pytest.mark.parametrize("sparse_init", [False, True])
-@pytest.mark.parametrize("density", [0.33, 1.0])
-def test_onnx_equals_pytorch(density, sparse_init):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_runtime_trunk_reads_fp16_and_bf16_values(dtype):
+    cfg = small_cfg(wdrop=0.45)
+    model, exported = build(cfg, 0.33, seed=11, dtype=dtype)
+    assert exported.sparse["rnn.cells.0.hh.weight"].values.dtype == dtype
+    tokens = torch.randint(0, cfg.vocab_size, (5, 3), generator=torch.Generator().manual_seed(2))
+    ref, _ = trunk_forward(model, tokens, model.init_hidden(3))
+    for which in ("reference", "compiled"):
+        if which == "compiled" and kernels.kernels_for("cpu").name == "reference":
+            continue
+        x, _ = sparse_trunk(exported, which)(tokens, model.init_hidden(3))
+        assert rel_err(x.t().reshape(5, 3, -1), ref) < 1e-5, which
+
+
+@pytest.mark.parametrize("density, sparse_init, dtype", [(0.33, False, torch.float32), (0.33, True, torch.float32),
+                                                         (1.0, False, torch.float32), (0.33, True, torch.float16)])
+def test_onnx_equals_pytorch(density, sparse_init, dtype):
     """The whole model.onnx (embedding, the Scan-looped trunk, the softmax decoder) against the eval forward."""
     ort = pytest.importorskip("onnxruntime")
     from selfish_deploy.export.onnx_graph import build_onnx
 
     cfg = small_cfg(wdrop=0.45)
-    model, exported = build(cfg, density, seed=5)
+    model, exported = build(cfg, density, seed=5, dtype=dtype)
     onnx_model = build_onnx(exported, sparse=sparse_init)  # runs onnx.checker
     sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
