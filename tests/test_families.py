@@ -285,6 +285,34 @@ def test_old_config_files_load_unchanged():
         ModelConfig(decoder="nope")
 
 
+def test_bundled_model_loads_unchanged_and_computes_as_before():
+    """The bundled export's config.json predates the registry; its model is exactly the old RNNLM: embedding,
+    one nn.LSTM per layer, the tied linear decoder, log-softmax (bit for bit)."""
+    import torch.nn.functional as F
+
+    path = REPO / "selfish_deploy" / "assets" / "ptb-lstm-sparse"
+    raw = json.loads((path / "config.json").read_text())["model"]
+    assert set(raw) == {"arch", "vocab_size", "emb", "hidden", "layers", "dropout", "tie_weights"}
+    exported = load_export(path)
+    cfg = exported.model_config
+    assert (cfg.decoder, cfg.experts, cfg.options) == ("softmax", 0, {})
+    weights = {n: (w.to_dense(torch.float32) if isinstance(w, CSR) else w.float())
+               for n, w in [(n, exported.weight(n)) for n in [*exported.sparse, *exported.dense]]}
+    model = build_model(cfg).eval()
+    model.load_state_dict(weights, strict=False)  # the tied decoder.weight is encoder.weight
+    assert set(dict(model.named_parameters())) == set(weights)
+    tokens = torch.randint(0, cfg.vocab_size, (7, 2), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, _ = model(tokens, model.init_hidden(2))
+        x = F.embedding(tokens, weights["encoder.weight"])
+        for k, (n_in, n_out) in enumerate(cfg.layer_sizes()):
+            lstm = torch.nn.LSTM(n_in, n_out)
+            lstm.load_state_dict({n: weights[f"rnns.{k}.{n}"] for n in dict(lstm.named_parameters())})
+            x, _ = lstm(x)
+        ref = torch.log_softmax(F.linear(x, weights["encoder.weight"], weights["decoder.bias"]), dim=-1)
+    assert torch.equal(got, ref)
+
+
 # --- no dispatch on family names outside families/ ----------------------------------------------------------
 
 # The stacked cells' own math takes the cell name as an argument, as ONNX's LSTM/GRU/RNN operators do: the
