@@ -14,8 +14,16 @@ As ``salesforce/awd-lstm-lm`` ``main.py`` ``train()`` (the same loop in ``Shiwei
 The windows start at 0 and follow each other (``i += seq_len``) while ``i < rows - 2``; ``get_batch`` clips the
 last one to the rows left, but the learning rate is scaled by the drawn ``seq_len``, as theirs.
 
-A trunk that supports AR/TAR sets ``ar_input`` (what AR squares) and ``tar_input`` (what TAR differences),
-both (T, B, W), in every training-mode forward (see ``selfish_deploy.families.awd_lstm``).
+A trunk that supports AR/TAR sets ``ar_input`` (what AR squares: AWD-LSTM's dropped last-layer output, ON-LSTM's
+raw one, as each authors' code) and ``tar_input`` (what TAR differences), both (T, B, W), in every
+training-mode forward (see ``selfish_deploy.families.awd_lstm``). The loop takes alpha, beta and variable BPTT
+from the family's options (``loop_options``); families without them train exactly as before.
+
+Steps per epoch vary with the windows; the sparse-training methods keep the nominal count (rows / bptt) for
+their schedules, as Selfish-RNN's ``CosineDecay(death_rate, epochs * len(train_data) // bptt)`` does. The
+windows average a little under bptt (67.7 for 70), so a run takes ~3% more steps than that, and the
+per-epoch topology updates, which our methods allow only before the nominal last step, stop in about the last
+3% of the epochs (theirs update every epoch, by then at a death rate near its final value).
 
 The learning-rate rescale applies to the step it was drawn for in both SNT-ASGD phases (our averaged phase
 steps with ``param_groups``' lr). In the authors' averaged phase it does not quite: ``torch.optim.ASGD``
