@@ -463,3 +463,28 @@ def test_cli_refuses_a_chunk_size_that_does_not_divide_the_widths(data_dir, tmp_
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a multiple of chunk_size 3" in err[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_runtime_and_training_step_equal_cpu(on_lstm_run):
+    from selfish_deploy.rundir import load_run
+    from selfish_deploy.runtime import SparseLM
+
+    run_dir, export_dir = on_lstm_run
+    tokens = torch.randint(0, 50, (7, 3), generator=torch.Generator().manual_seed(0))
+    cpu, gpu = SparseLM.load(export_dir), SparseLM.load(export_dir, device="cuda")
+    assert rel_err(gpu.forward(tokens)[0].cpu(), cpu.forward(tokens)[0]) < 1e-5
+    # one training-mode forward and backward on the device, dropouts off: the same loss and gradients
+    model = load_run(run_dir).build_model()
+    grads = []
+    for device in ("cpu", "cuda"):
+        m = model.to(device).train()
+        for cell in m.rnn.cells:
+            cell.hh.dropout = 0.0
+        m.rnn.dropout = m.rnn.dropouti = m.rnn.dropouth = m.rnn.dropoute = 0.0
+        m.zero_grad()
+        logp, _ = m(tokens.to(device), m.init_hidden(3))
+        logp[..., 0].mean().backward()
+        grads.append(m.rnn.cells[0].hh.weight.grad.cpu())
+    assert rel_err(grads[1], grads[0]) < 1e-4
