@@ -347,6 +347,26 @@ def test_runtime_equals_the_eval_forward(mos_run, mos_export):
     assert rel_err(torch.tensor(scored.logprobs), want) < TOL
 
 
+def test_served_scores_equal_the_eval_forward(mos_run, mos_export):
+    from fastapi.testclient import TestClient
+
+    from selfish_deploy.runtime import SparseLM
+    from selfish_deploy.serving.app import create_app
+
+    lm = SparseLM.load(mos_export)
+    text = "the company said it expects higher sales"
+    with TestClient(create_app(lm, "mos")) as client:
+        r = client.post("/v1/score", json={"text": text})
+        assert r.status_code == 200, r.text
+    model = eval_model(mos_run)
+    ids = lm.vocab.encode(text, add_eos=True)
+    inputs = torch.tensor([lm.vocab.eos_id] + ids[:-1]).view(-1, 1)
+    with torch.no_grad():
+        logp, _ = model(inputs, model.init_hidden(1))
+    ref = logp[:, 0].gather(1, torch.tensor(ids).view(-1, 1)).view(-1)
+    assert rel_err(torch.tensor(r.json()["logprobs"]), ref) < TOL
+
+
 def test_onnx_equals_pytorch_with_state(mos_run, mos_export):
     from selfish_deploy.export.onnx_runner import OnnxLM
 
@@ -361,16 +381,21 @@ def test_onnx_equals_pytorch_with_state(mos_run, mos_export):
 
 
 def test_fp16_export_equals_the_rounded_model(mos_run, tmp_path):
+    """fp16 values as stored, in the sparse runtime and in an ONNX graph with sparse initializers."""
     from selfish_deploy.export.cli import main
+    from selfish_deploy.export.onnx_runner import OnnxLM
     from selfish_deploy.runtime import SparseLM
 
-    assert main([str(mos_run), "--out", str(tmp_path / "fp16"), "--dtype", "fp16"]) == 0
+    out = tmp_path / "fp16"
+    assert main([str(mos_run), "--out", str(out), "--dtype", "fp16", "--onnx", "--onnx-sparse-initializers"]) == 0
     model = eval_model(mos_run, torch.float16)
     tokens = torch.randint(0, model.config.vocab_size, (5, 2), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref, _ = model(tokens, model.init_hidden(2))
-    logp, _ = SparseLM.load(tmp_path / "fp16").forward(tokens)
+    logp, _ = SparseLM.load(out).forward(tokens)
     assert rel_err(logp, ref) < TOL
+    onnx_logp, _ = OnnxLM.load(out, threads=1).forward(tokens.t().numpy())
+    assert rel_err(torch.from_numpy(onnx_logp).transpose(0, 1), ref) < TOL
 
 
 @pytest.mark.parametrize("flags,message", [
