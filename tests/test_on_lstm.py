@@ -1,9 +1,11 @@
-"""ON-LSTM (families/on_lstm.py) against the authors' equations, its masks through DropConnect, and the sparse
-runtime trunk and the ONNX graph against the module's eval forward."""
+"""ON-LSTM (families/on_lstm.py) against the authors' equations and random draws, its masks through DropConnect
+and SNT-ASGD, the sparse runtime trunk and the ONNX graph against the eval forward, and a ptb-tiny run trained,
+exported, run on every backend and served."""
 
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from selfish_deploy.model import ModelConfig, build_model
 
 
 def Cfg(vocab_size=29, emb=8, hidden=12, layers=2, tie_weights=True, dropout=0.4, options=None) -> ModelConfig:
+    """An on_lstm ModelConfig (the family's validate runs in it)."""
     return ModelConfig(arch="on_lstm", vocab_size=vocab_size, emb=emb, hidden=hidden, layers=layers,
                        tie_weights=tie_weights, dropout=dropout, options=options or {})
 
