@@ -10,7 +10,7 @@ from selfish_deploy import kernels
 from selfish_deploy.errors import UserError
 from selfish_deploy.export.writer import export_run
 from selfish_deploy.families.stacked import CELLS as ARCHS
-from selfish_deploy.runtime import SamplingParams, SparseLM, State
+from selfish_deploy.runtime import SamplingParams, SparseLM, State, detokenize
 from selfish_deploy.runtime import engine as engine_module
 
 TOL = 1e-5
@@ -221,6 +221,7 @@ def test_stop_strings_eos_and_zero_tokens(exports):
     eos = lm.vocab.eos_id
     runs = [lm.generate([0, 3], max_tokens=15, temperature=1.5, seed=s) for s in range(60)]
     full = next(r for r in runs if eos not in r.token_ids[:6])
+    assert all(r.text == detokenize(r.tokens) for r in runs)  # the text grown piece by piece
     seed = runs.index(full)
     target = f"{full.tokens[3]} {full.tokens[4]}"  # a stop string spanning two tokens
     stopped = lm.generate([0, 3], max_tokens=15, temperature=1.5, seed=seed, stop=(target,))

@@ -24,15 +24,20 @@ from .sampling import SamplingParams, make_generator, sample
 from .state import State
 
 
+def piece(text: str, word: str) -> str:
+    """What ``word`` adds to the detokenized ``text``: a space before it unless at a line start, ``<eos>`` a
+    line break."""
+    if word == EOS:
+        return "\n"
+    return word if not text or text[-1] == "\n" else " " + word
+
+
 def detokenize(words: list[str]) -> str:
     """Words joined by spaces, ``<eos>`` as a line break."""
-    out: list[str] = []
+    text = ""
     for w in words:
-        if w == EOS:
-            out.append("\n")
-        else:
-            out.append(w if not out or out[-1] == "\n" else " " + w)
-    return "".join(out)
+        text += piece(text, w)
+    return text
 
 
 @dataclass
@@ -72,7 +77,8 @@ class Sequence:
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
-    text: str = ""
+    full: str = ""  # every word detokenized (grows by one piece per token: no quadratic re-join)
+    text: str = ""  # what the completion returns: ``full`` cut before a stop string
     emitted: int = 0  # characters of text already handed out in events
     finish_reason: str | None = None
 
@@ -175,9 +181,12 @@ class BatchGenerator:
         seq.words.append(word)
         if seq.seen is not None:
             seq.seen[tok] = True
-        full = detokenize(seq.words)
+        before = len(seq.full)
+        seq.full += piece(seq.full, word)
+        full = seq.full
         reason, text = None, full
-        hits = [i for i in (full.find(s) for s in p.stop) if i >= 0]
+        # a stop string can only end inside the new piece: search from just before it
+        hits = [i for i in (full.find(s, max(0, before - len(s) + 1)) for s in p.stop) if i >= 0]
         if hits:
             reason, text = "stop", full[:min(hits)]
         elif (p.stop_at_eos and word == EOS) or tok in p.stop_token_ids:
