@@ -279,10 +279,8 @@ class SparseTrunk:
             c = c.to(dev, torch.float32).t().contiguous()
             outs = []
             for t in range(T):
-                gh = self.kernels.spmm(w_hh, h)
-                if self.hh_scale != 1.0:
-                    gh = gh * self.hh_scale
-                h, c = cell_feature_major(g[:, t * B:(t + 1) * B] + gh, c, self.chunk_size)
+                gates = torch.add(g[:, t * B:(t + 1) * B], self.kernels.spmm(w_hh, h), alpha=self.hh_scale)
+                h, c = cell_feature_major(gates, c, self.chunk_size)
                 outs.append(h)
             x = torch.cat(outs, dim=1) if outs else h.new_zeros(h.shape[0], 0)
             new.append((h.t().contiguous(), c.t().contiguous()))
