@@ -25,7 +25,9 @@ HELP = {
     "layers": "number of recurrent layers",
     "hidden": "units per recurrent layer",
     "emb": "embedding width (and last layer's width when tied)",
-    "dropout": "dropout on embeddings, between layers and before the decoder",
+    "dropout": "the family's main dropout (stacked cells: on embeddings, between layers and before the "
+               "decoder; awd_lstm, on_lstm: on the trunk's output; rhn: after every layer; their other "
+               "dropouts are options below)",
     "tie_weights": "share the embedding and decoder matrix (and mask)",
     "decoder": "head after the trunk: softmax, or mos (mixture of softmaxes)",
     "experts": "mos: number of softmaxes mixed (0 for softmax)",
