@@ -227,7 +227,7 @@ def test_runtime_head_rejects_mismatched_shapes():
 # ---- the ONNX head ---------------------------------------------------------------------------------------
 
 class _G:
-    """The smallest graph builder with the ``node``/``const`` interface of export/onnx_graph._Graph."""
+    """The smallest graph builder with the ``node``/``const`` interface of export/onnx_graph.OnnxGraph."""
 
     def __init__(self):
         self.nodes, self.initializers = [], []
@@ -345,6 +345,19 @@ def test_runtime_equals_the_eval_forward(mos_run, mos_export):
     scored = lm.score_ids([seq], top_logprobs=1)[0]
     want = ref[:-1, 0].gather(1, tokens[1:, :1]).view(-1)
     assert rel_err(torch.tensor(scored.logprobs), want) < TOL
+
+
+def test_batched_scores_are_one_at_a_time_bit_for_bit(mos_export):
+    """The engine's promise (README, Exactness) holds with the mixture: every op of the head is per column."""
+    from selfish_deploy.runtime import SparseLM
+
+    lm = SparseLM.load(mos_export)
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(0, lm.config.vocab_size, (n,), generator=g).tolist() for n in (12, 5, 30, 7, 19)]
+    alone = [lm.score_ids([s], top_logprobs=1)[0] for s in seqs]
+    batch = lm.score_ids(seqs, top_logprobs=1)
+    for a, b in zip(alone, batch, strict=True):
+        assert a.logprobs == b.logprobs and a.top == b.top and a.top is not None
 
 
 def test_served_scores_equal_the_eval_forward(mos_run, mos_export):

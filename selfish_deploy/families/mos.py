@@ -13,9 +13,11 @@ the embedding width)::
 Their ``forward`` returns ``log(p + 1e-8)``; ours returns ``log p`` exactly, computed stably as
 ``logsumexp_k(log prior_k + log_softmax(logit_k))``: the 1e-8 floor changes a log-probability by more than
 0.01 only where p < 1e-6, and makes the probabilities sum to 1 + V * 1e-8; without it they sum to 1, which
-scoring and sampling need. Parameter names (prefix ``decoder.``): ``decoder.weight`` (V, E) and ``decoder.bias`` (V,) as the
-softmax decoder's (so tying is the same ``decoder.weight = encoder.weight``), ``decoder.latent.weight``
-(K*E, n_in), ``decoder.latent.bias`` (K*E,), ``decoder.prior.weight`` (K, n_in).
+scoring and sampling need.
+
+Parameter names: ``decoder.weight`` (V, E) and ``decoder.bias`` (V,) as the softmax decoder's (so tying is the
+same ``decoder.weight = encoder.weight``), ``decoder.latent.weight`` (K*E, n_in), ``decoder.latent.bias``
+(K*E,), ``decoder.prior.weight`` (K, n_in) (theirs: ``latent.0.*``, ``prior.weight``, ``decoder.*``).
 
 Sparse tensors as Selfish-RNN's ``sparse_rnn_core.Masking.add_module``, which masks every parameter whose
 name has no "bias" in it: the latent and prior weights and the vocabulary projection (the embedding itself
@@ -172,7 +174,7 @@ class SparseMoSHead:
 def onnx_head(g, x: str, latent_w: str, latent_b: str, prior_w: str, dec_w: str, dec_b: str,
               experts: int, emb: int, vocab_size: int) -> str:
     """Append the MoS decoder to an ONNX graph ``g`` (``node(op, inputs, output, **attrs)`` and
-    ``const(name, array)``, as ``export/onnx_graph._Graph``): ``x`` (N, n_in) -> log-probabilities (N, V).
+    ``const(name, array)``, as ``export/onnx_graph.OnnxGraph``): ``x`` (N, n_in) -> log-probabilities (N, V).
     Weights are float value names in PyTorch's (out, in) layout. Standard operators only (opset 17): Gemm,
     Tanh, Reshape, LogSoftmax, Unsqueeze, Add and a max-shifted log-sum-exp over the experts (ReduceMax,
     Sub, Exp, ReduceSum, Log), which stays finite where every expert's probability underflows fp32."""
