@@ -44,8 +44,7 @@ def make_rnn(cell: str, n_in: int, n_out: int) -> nn.Module:
 class StackedRNN(nn.ModuleList):
     """``layers`` single-layer modules; iterating gives them (``rnn.flatten_parameters()`` and the like).
 
-    State per layer: ``h`` (B, H), or ``(h, c)`` for LSTM. A state in nn.LSTM's own (1, B, H) layout is
-    accepted too and returned in that layout.
+    State per layer: ``h`` (B, H), or ``(h, c)`` for LSTM (nn.LSTM's (1, B, H) is made inside).
     """
 
     def __init__(self, cell: str, sizes: list[tuple[int, int]], dropout: float):
@@ -56,13 +55,9 @@ class StackedRNN(nn.ModuleList):
         x = F.dropout(x, self.p, self.training)  # (T, B, E)
         new_state = []
         for rnn, s in zip(self, state, strict=True):
-            batched = (s[0] if isinstance(s, tuple) else s).dim() == 3
-            if not batched:
-                s = tuple(t.unsqueeze(0) for t in s) if isinstance(s, tuple) else s.unsqueeze(0)
+            s = tuple(t.unsqueeze(0) for t in s) if isinstance(s, tuple) else s.unsqueeze(0)
             x, s = rnn(x, s)  # (T, B, H_k)
-            if not batched:
-                s = tuple(t.squeeze(0) for t in s) if isinstance(s, tuple) else s.squeeze(0)
-            new_state.append(s)
+            new_state.append(tuple(t.squeeze(0) for t in s) if isinstance(s, tuple) else s.squeeze(0))
             x = F.dropout(x, self.p, self.training)
         return x, new_state
 
