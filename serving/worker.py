@@ -3,7 +3,7 @@
 The engine is not thread-safe, so every forward runs here. Each turn of the loop
 
     1. takes what waits in the queue: all scoring jobs (scored together in one ``score_ids`` call) and as many
-       generation jobs as the continuous batch has room for (each prefilled and joining the batch);
+       generation jobs as the continuous batch has room for (prefilled together, joining the batch);
     2. drops sequences whose client went away or timed out;
     3. advances every active sequence by one token in one batched ``step()``.
 
@@ -200,8 +200,8 @@ class InferenceWorker:
                 break
             if scores:
                 self._score(scores)
-            for job in starts:
-                self._start(gen, job, active)
+            if starts:
+                self._start(gen, starts, active)
             for sid, (job, seq) in list(active.items()):
                 if job.cancelled:
                     gen.cancel(seq)
@@ -292,21 +292,28 @@ class InferenceWorker:
             self.metrics.observe_e2e("score", now - j.arrived)
             _resolve(j.loop, j.future, part)
 
-    def _start(self, gen, job: GenerateJob, active: dict) -> None:
+    def _start(self, gen, jobs: list[GenerateJob], active: dict) -> None:
+        """Prefill the new sequences together (``add_many``); a bad prompt among them: each alone."""
         try:
-            seq = gen.add(job.prompt_ids, job.params)
+            seqs = gen.add_many([j.prompt_ids for j in jobs], [j.params for j in jobs])
         except UserError as e:
-            job.push(e)
+            if len(jobs) == 1:
+                jobs[0].push(e)
+            else:
+                for job in jobs:
+                    self._start(gen, [job], active)
             return
         except Exception as e:  # noqa: BLE001
             log.exception("prefill failed")
-            job.push(e)
+            for job in jobs:
+                job.push(e)
             return
-        self.metrics.prompt_tokens.inc(len(job.prompt_ids))
-        if seq.finished:  # max_tokens=0
-            job.push(seq.completion())
-            return
-        active[seq.id] = (job, seq)
+        for job, seq in zip(jobs, seqs):
+            self.metrics.prompt_tokens.inc(len(job.prompt_ids))
+            if seq.finished:  # max_tokens=0
+                job.push(seq.completion())
+            else:
+                active[seq.id] = (job, seq)
 
     def _step(self, gen, active: dict) -> None:
         self.metrics.observe_batch("generate", len(active))

@@ -199,6 +199,24 @@ def test_batched_generation_is_exactly_one_at_a_time(exports, backend):
         assert len(got.token_ids) == sp.max_tokens and got.finish_reason == "length"
 
 
+def test_prefilling_together_gives_each_prompt_what_it_gets_alone(exports):
+    """add_many: longest first, in segments between lengths; equal lengths and max_tokens=0 included."""
+    lm = SparseLM.load(exports("gru", 0.33))
+    prompts = [[0, 3, 4], [0, 9, 9, 9, 2, 5], [0], [0, 1, 2], [0, 4]]
+    params = [SamplingParams(max_tokens=3, seed=s) for s in range(5)]
+    params[3] = SamplingParams(max_tokens=0)
+    gen = lm.batch_generator()
+    seqs = gen.add_many(prompts, params)
+    assert seqs[3].finished and [s.id for s in gen.seqs] == [seqs[i].id for i in (0, 1, 2, 4)]
+    for row, i in enumerate((0, 1, 2, 4)):
+        ids = torch.tensor(prompts[i]).view(-1, 1)
+        logp, state = lm.forward(ids)  # the whole prompt alone, every position decoded
+        assert torch.equal(gen.logp[row], logp[-1, 0])
+        assert all(torch.equal(a, b) for a, b in zip(gen.state.select([row]).tensors(), state.tensors()))
+    with pytest.raises(UserError):
+        gen.add_many([[0, 1], []], params[:2])
+
+
 def test_sequences_join_and_leave_between_steps(exports):
     lm = SparseLM.load(exports("lstm", 0.33))
     gen = lm.batch_generator()

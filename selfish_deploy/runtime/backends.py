@@ -28,6 +28,11 @@ class Backend:
     def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def forward_last(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Log-probabilities (B, V) after the last of ``tokens`` (T, B) only, and the new state (a prefill)."""
+        logp, state = self.forward(tokens, state)
+        return logp[-1], state
+
     def score(self, tokens: torch.Tensor, targets: torch.Tensor, state: State, top1: bool = False,
               columns: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], State]:
         """Log-probability of ``targets`` (T, B) after ``tokens`` (T, B), at the flat positions ``columns``
@@ -88,6 +93,13 @@ class SparseBackend(Backend):
             return logp.view(1, 1, -1), State(layers)
         x, state = self.trunk(tokens, state)
         return self.head(x, full=True)["logprobs"].view(T, B, -1), state
+
+    def forward_last(self, tokens, state):
+        T, B = tokens.shape
+        if T == 1 or self.dense is not None:
+            return Backend.forward_last(self, tokens, state)
+        x, state = self.trunk(tokens, state)  # the decoder runs on the last step's columns only
+        return self.head(x[:, (T - 1) * B:].contiguous(), full=True)["logprobs"], state
 
     def score(self, tokens, targets, state, top1=False, columns=None):
         if self.dense is not None:

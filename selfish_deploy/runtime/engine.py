@@ -115,6 +115,16 @@ class SparseLM(HubMixin):
         state = self.init_state(tokens.shape[1]) if state is None else State.of(state)
         return self.backend.forward(tokens.long(), state)
 
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, State]:
+        """``forward`` for a prompt: log-probabilities (B, V) after the last of ``tokens`` (T, B) only (the
+        decoder runs once per sequence, not once per token), and the new state."""
+        if tokens.dim() != 2 or tokens.shape[0] < 1:
+            raise UserError(f"tokens must be an integer tensor (T >= 1, B), got {tuple(tokens.shape)}")
+        self.check_ids(tokens.reshape(-1).tolist())
+        state = self.init_state(tokens.shape[1]) if state is None else State.of(state)
+        return self.backend.forward_last(tokens.long(), state)
+
     # ---- scoring ---------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -226,7 +236,7 @@ class SparseLM(HubMixin):
         if len(prompts) != len(params):
             raise UserError(f"{len(prompts)} prompts but {len(params)} sampling parameters")
         gen = self.batch_generator()
-        seqs = [gen.add(self.prompt_ids(p) if isinstance(p, str) else list(p), sp) for p, sp in zip(prompts, params)]
+        seqs = gen.add_many([self.prompt_ids(p) if isinstance(p, str) else list(p) for p in prompts], list(params))
         while gen:
             gen.step()
         return [s.completion() for s in seqs]

@@ -106,23 +106,50 @@ class BatchGenerator:
 
     def add(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
         """Prefill ``prompt_ids`` (taken exactly as given) and join the batch at the next step."""
+        return self.add_many([prompt_ids], [params])[0]
+
+    def add_many(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Sequence]:
+        """Prefill several prompts together and join them all at the next step (each gets exactly what ``add``
+        alone gives it). Longest first, padded at the end, in segments between distinct lengths: a prompt
+        leaves the batch where it ends, with its state and its last position's distribution."""
         lm = self.lm
-        if not prompt_ids:
-            raise UserError("a prompt needs at least one token (a text prompt starts with <eos>)")
-        lm.check_ids(prompt_ids)
-        seq = Sequence(next(self._ids), list(prompt_ids), params, make_generator(params.seed))
-        if params.max_tokens == 0:
-            seq.finish_reason = "length"
-            return seq
-        if params.repetition_penalty != 1.0:
-            seq.seen = torch.zeros(len(lm.vocab), dtype=torch.bool)
-            seq.seen[torch.tensor(prompt_ids)] = True
-        logp, state = lm.forward(torch.tensor(prompt_ids).view(-1, 1), lm.init_state(1))
-        self.seqs.append(seq)
-        self.state = state if self.state is None else State.cat([self.state, state])
-        last = logp[-1].float()
-        self.logp = last if self.logp is None else torch.cat([self.logp, last.to(self.logp.device)], 0)
-        return seq
+        if len(prompts) != len(params):
+            raise UserError(f"{len(prompts)} prompts but {len(params)} sampling parameters")
+        for ids in prompts:
+            if not ids:
+                raise UserError("a prompt needs at least one token (a text prompt starts with <eos>)")
+            lm.check_ids(ids)
+        seqs = [Sequence(next(self._ids), list(ids), p, make_generator(p.seed)) for ids, p in zip(prompts, params)]
+        todo = []
+        for seq in seqs:
+            if seq.params.max_tokens == 0:
+                seq.finish_reason = "length"
+                continue
+            if seq.params.repetition_penalty != 1.0:
+                seq.seen = torch.zeros(len(lm.vocab), dtype=torch.bool)
+                seq.seen[torch.tensor(seq.prompt_ids)] = True
+            todo.append(seq)
+        if not todo:
+            return seqs
+        order = sorted(todo, key=lambda s: -len(s.prompt_ids))
+        lens = [len(s.prompt_ids) for s in order]
+        tokens = torch.zeros(lens[0], len(order), dtype=torch.long)
+        for b, s in enumerate(order):
+            tokens[:lens[b], b] = torch.tensor(s.prompt_ids)
+        done: dict[int, tuple[State, torch.Tensor]] = {}
+        state, n, t = lm.init_state(len(order)), len(order), 0
+        for end in sorted(set(lens)):
+            logp, state = lm.prefill(tokens[t:end, :n], state)  # (n, V)
+            left = sum(1 for L in lens[:n] if L > end)  # longest first: the ones ending here are the last
+            for b in range(left, n):
+                done[order[b].id] = (state.select([b]), logp[b:b + 1].float())
+            state, n, t = (state.select(list(range(left))) if left else None), left, end
+        for seq in todo:  # join in the order given
+            s_state, s_logp = done[seq.id]
+            self.seqs.append(seq)
+            self.state = s_state if self.state is None else State.cat([self.state, s_state])
+            self.logp = s_logp if self.logp is None else torch.cat([self.logp, s_logp.to(self.logp.device)], 0)
+        return seqs
 
     def cancel(self, seq: Sequence, reason: str = "abort") -> None:
         """Drop ``seq`` from the batch (a client went away)."""
