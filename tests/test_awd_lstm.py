@@ -480,3 +480,37 @@ def test_last_hidden_width_trains_exports_and_runs(tmp_path):
     onnx_logp, _ = OnnxLM.load(tmp_path / "export", threads=1).forward(tokens.t().numpy())
     got = torch.from_numpy(onnx_logp).transpose(0, 1)
     assert ((got - ref).abs() / ref.abs()).max().item() < 1e-5
+
+
+def test_two_processes_draw_the_same_windows_and_match_one(tmp_path, data_dir):
+    """Under torchrun both ranks draw the same variable windows (one sampler seed, not per rank: otherwise their
+    step counts, and so their collectives, would differ), and with the dropouts off the two-process run trains
+    like one process, AR and TAR included (per-rank means over equal column halves average to the global one)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    args = [*AWD_ARGS, "--data-dir", str(data_dir), "--epochs", "1", "--max-batches", "30", "--batch-size", "20",
+            "--dropout", "0", "--dropouti", "0", "--dropouth", "0", "--dropoute", "0", "--wdrop", "0",
+            "--lr", "2", "--clip", "1000"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "selfish_deploy.training.cli", *args, "--out", str(ddp)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from selfish_deploy.training.cli import main
+
+    assert main([*args, "--out", str(single)]) == 0
+    recs = {d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (ddp, single)}
+    sync, = [r for r in recs[ddp] if r["event"] == "sync"]
+    assert sync["digests"][0] == sync["digests"][1]
+    one, two = ([r for r in recs[d] if r["event"] == "epoch"] for d in (single, ddp))
+    assert one[0]["step"] == two[0]["step"] == 30
+    assert one[0]["train_loss"] == pytest.approx(two[0]["train_loss"], rel=1e-6)
+    a, b = load_file(str(single / "model.safetensors")), load_file(str(ddp / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
