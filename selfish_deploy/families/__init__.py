@@ -210,7 +210,7 @@ def get_decoder(name: str) -> Decoder:
 
 
 def all_options() -> list[Option]:
-    """Every option any family or decoder declares, each name once (the first declaration's default)."""
+    """Every option any family or decoder declares, each name once (its first declaration: the flags' type)."""
     seen: dict[str, Option] = {}
     for entry in [*FAMILIES.values(), *DECODERS.values()]:
         for opt in entry.options:
@@ -260,11 +260,6 @@ def block_densities(mask: "torch.Tensor", blocks: tuple[str, ...],
     if mask.shape[0] % len(blocks):
         raise ValueError(f"{mask.shape[0]} rows do not split into {len(blocks)} blocks")
     return [float(b.float().mean()) for b in mask.chunk(len(blocks), dim=0)]
-
-
-def state_widths(config: "ModelConfig") -> list[tuple[int, ...]]:
-    """Per layer the widths of its state parts, for code that only needs sizes."""
-    return [tuple(w for _, w in parts) for parts in get_family(config.arch).state_layout(config)]
 
 
 for _module in MODULES:  # last: the entries' modules import the names above
