@@ -27,7 +27,7 @@ entries are non-zero ({{ "{:,}".format(nnz) }} of {{ "{:,}".format(matrix_weight
 | decoder | {{ decoder_name }} (`{{ decoder }}`){% if experts %}, {{ experts }} experts{% endif %} |
 {% endif -%}
 {% for k, v in options.items() -%}
-| {{ k }} | {{ v }} |
+| `--{{ k | replace("_", "-") }}` | {{ v }} |
 {% endfor -%}
 | embedding / hidden | {{ emb }} / {{ hidden }} |
 | vocabulary | {{ "{:,}".format(vocab_size) }} words |
