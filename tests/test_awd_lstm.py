@@ -49,9 +49,6 @@ def test_eval_forward_is_a_plain_stacked_lstm():
     out, state = trunk(x, zero_state(SIZES, 3))
     assert torch.equal(out, run_stack(plain_stack(trunk), x, zero_state(SIZES, 3)))
     assert [s[0].shape for s in state] == [(3, 10), (3, 10), (3, 6)]
-    lstm_layout = [(h.unsqueeze(0), c.unsqueeze(0)) for h, c in zero_state(SIZES, 3)]  # nn.LSTM's (1, B, W)
-    out2, state2 = trunk(x, lstm_layout)
-    assert torch.equal(out2, out) and state2[2][1].shape == (1, 3, 6)
     assert trunk.ar_input is None and trunk.tar_input is None  # nothing held in eval mode
 
 

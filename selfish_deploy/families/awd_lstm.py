@@ -89,11 +89,11 @@ class AWDLSTMTrunk(nn.ModuleList):
     """The recurrent layers of AWD-LSTM between the embedding and the decoder: one single-layer ``nn.LSTM``
     per layer (so parameters are ``rnns.{k}.weight_ih_l0``, ... as the stacked LSTM's).
 
-    ``forward(x (T, B, E), state) -> (out (T, B, W_last), state)``, state per layer ``(h, c)``, each (B, W_k)
-    (nn.LSTM's own (1, B, W_k) is accepted too and returned in that layout). ``embed(encoder, tokens)`` is
-    the model's embedding lookup with embedding dropout. In training mode the forward leaves ``ar_input``
-    (the dropped last-layer output, awd-lstm-lm's ``dropped_rnn_hs[-1]``) and ``tar_input`` (the raw one,
-    ``rnn_hs[-1]``) for ``training.regularization``; both are None after an eval-mode forward."""
+    ``forward(x (T, B, E), state) -> (out (T, B, W_last), state)``, state per layer ``(h, c)``, each (B, W_k).
+    ``embed(encoder, tokens)`` is the model's embedding lookup with embedding dropout. In training mode the
+    forward leaves ``ar_input`` (the dropped last-layer output, awd-lstm-lm's ``dropped_rnn_hs[-1]``) and
+    ``tar_input`` (the raw one, ``rnn_hs[-1]``) for ``training.regularization``; both are None after an
+    eval-mode forward."""
 
     def __init__(self, sizes: list[tuple[int, int]], dropout: float, dropouti: float, dropouth: float,
                  wdrop: float, dropoute: float = 0.0):
@@ -120,12 +120,9 @@ class AWDLSTMTrunk(nn.ModuleList):
         x = locked_dropout(x, self.dropouti, self.training)
         new_state = []
         last = len(self) - 1
-        for k, (rnn, s) in enumerate(zip(self, state, strict=True)):
-            batched = s[0].dim() == 3  # nn.LSTM's (1, B, W) layout
-            if not batched:
-                s = (s[0].unsqueeze(0), s[1].unsqueeze(0))
-            raw, s = self.layer(rnn, x, s)  # (T, B, W_k)
-            new_state.append(s if batched else (s[0].squeeze(0), s[1].squeeze(0)))
+        for k, (rnn, (h, c)) in enumerate(zip(self, state, strict=True)):
+            raw, (h, c) = self.layer(rnn, x, (h.unsqueeze(0), c.unsqueeze(0)))  # (T, B, W_k); nn.LSTM's (1, B, W)
+            new_state.append((h.squeeze(0), c.squeeze(0)))
             x = locked_dropout(raw, self.dropouth, self.training) if k < last else raw
         out = locked_dropout(raw, self.dropout, self.training)
         self.ar_input, self.tar_input = (out, raw) if self.training else (None, None)
