@@ -123,6 +123,13 @@ def test_recurrent_matches_pytorch_cells(compiled, cell, density, T, B):
     r_out, r_h, _ = REF.recurrent(cell, w_hh, b_hh if cell == "gru" else None, g, T, B, h0.t().contiguous(),
                                   c0.t().contiguous() if cell == "lstm" else None)
     assert rel_err(r_out, torch.cat(outs, 1)) < TOL
+    # the same projections given as rows (T*B, G*H), as the input table holds them: the same bits
+    for k in (compiled, REF):
+        rows = k.recurrent(cell, w_hh, b_hh if cell == "gru" else None, g.t().contiguous(), T, B, h0.t().contiguous(),
+                           c0.t().contiguous() if cell == "lstm" else None, g_rows=True)
+        cols = k.recurrent(cell, w_hh, b_hh if cell == "gru" else None, g, T, B, h0.t().contiguous(),
+                           c0.t().contiguous() if cell == "lstm" else None)
+        assert all(torch.equal(a, b) for a, b in zip(rows, cols) if a is not None), [(a - b).abs().max() for a, b in zip(rows, cols) if a is not None]
 
 
 @pytest.mark.parametrize("density,index,values", GRID)

@@ -87,7 +87,7 @@ class CompiledKernels:
         sp = ctypes.POINTER(SdMatrix)
         lib.sd_spmm.argtypes = [sp, vp, i64, i64, vp, vp, i64, i32]
         lib.sd_embed.argtypes = [sp, vp, i64, vp, i64]
-        lib.sd_recurrent.argtypes = [i32, sp, vp, vp, i64, i64, i64, vp, vp, vp, i64, i32]
+        lib.sd_recurrent.argtypes = [i32, sp, vp, vp, i64, i32, i64, i64, vp, vp, vp, i64, i32]
         lib.sd_decoder.argtypes = [sp, vp, vp, i64, i64, vp, vp, vp, vp, vp, i32]
         for f in (lib.sd_spmm, lib.sd_embed, lib.sd_recurrent, lib.sd_decoder):
             f.restype = ctypes.c_int
@@ -144,15 +144,19 @@ class CompiledKernels:
         return out
 
     def recurrent(self, cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tensor, T: int, B: int,
-                  h: torch.Tensor, c: torch.Tensor | None, out: torch.Tensor | None = None):
+                  h: torch.Tensor, c: torch.Tensor | None, out: torch.Tensor | None = None, g_rows: bool = False):
         H = w_hh.cols
         if not w_hh.is_sparse and B >= BLAS_COLUMNS:
-            return reference.recurrent(cell, w_hh, b_hh, g, T, B, h, c)
+            return reference.recurrent(cell, w_hh, b_hh, g, T, B, h, c, g_rows=g_rows)
         if w_hh.rows != GATES[cell] * H:
             raise ValueError(f"{cell}: W_hh has {w_hh.rows} rows, expected {GATES[cell]} x {H}")
-        ldg = _cols(g, "g", w_hh.rows)
-        if g.shape[1] < T * B:
-            raise ValueError(f"g has {g.shape[1]} columns, expected T*B = {T * B}")
+        if g_rows:  # (T*B, G*H): column n's gates in row n
+            _check(g, "g", (T * B, w_hh.rows))
+            ldg = w_hh.rows
+        else:
+            ldg = _cols(g, "g", w_hh.rows)
+            if g.shape[1] < T * B:
+                raise ValueError(f"g has {g.shape[1]} columns, expected T*B = {T * B}")
         h = h.clone()
         _check(h, "h", (H, B))
         if cell == "lstm":
@@ -164,9 +168,9 @@ class CompiledKernels:
         _check(out, "out", (H, T * B))
         if T * B:
             self._ok(self.lib.sd_recurrent(CELLS[cell], ctypes.byref(struct(w_hh, H)),
-                                           _ptr(b_hh if cell == "gru" else None), _ptr(g), ldg, T, B, _ptr(h),
-                                           _ptr(c if cell == "lstm" else None), _ptr(out), max(T * B, 1),
-                                           self.threads), "recurrent")
+                                           _ptr(b_hh if cell == "gru" else None), _ptr(g), ldg, int(g_rows), T, B,
+                                           _ptr(h), _ptr(c if cell == "lstm" else None), _ptr(out),
+                                           max(T * B, 1), self.threads), "recurrent")
         return out, h, (c if cell == "lstm" else None)
 
     def decoder(self, w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
@@ -221,8 +225,10 @@ class StackStep:
         # what the C structures point to stays referenced here
         self._keep = [table, decoder_bias, *(t for layer in layers for t in (layer[1], layer[3]) if t is not None)]
         self._layers = (SdStackLayer * len(layers))(*[
-            SdStackLayer(ctypes.pointer(struct(w_ih, w_hh.cols)), _ptr(proj_bias), ctypes.pointer(struct(w_hh, w_hh.cols)),
-                         _ptr(cell_bias if cell == "gru" else None)) for w_ih, proj_bias, w_hh, cell_bias in layers])
+            SdStackLayer(ctypes.pointer(struct(w_ih, 0 if (k == 0 and table is not None) else w_hh.cols)),  # the
+                         _ptr(proj_bias), ctypes.pointer(struct(w_hh, w_hh.cols)),  # table replaces layer 0's W_ih
+                         _ptr(cell_bias if cell == "gru" else None))
+            for k, (w_ih, proj_bias, w_hh, cell_bias) in enumerate(layers)])
         self._stack = SdStack(CELLS[cell], len(layers), ctypes.pointer(struct(encoder, 0)), _ptr(table),
                               self._layers, ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
         self._n = len(layers)

@@ -35,9 +35,13 @@ def embed(w: Matrix, ids: torch.Tensor) -> torch.Tensor:
 
 
 def recurrent(cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tensor, T: int, B: int,
-              h: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+              h: torch.Tensor, c: torch.Tensor | None, g_rows: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """T steps of ``cell`` over B columns: ``g`` (G*H, T*B) input projections (with b_hh folded in except for
-    GRU, whose ``b_hh`` is passed), ``h``/``c`` (H, B). Returns outputs (H, T*B), h and c."""
+    GRU, whose ``b_hh`` is passed; ``g_rows``: given as (T*B, G*H)), ``h``/``c`` (H, B). Returns outputs
+    (H, T*B), h and c."""
+    if g_rows:
+        g = g.t().contiguous()  # PyTorch's element-wise ops round differently on strided views
     step = STEPS[cell]
     weight = w_hh.torch_weight
     h_b, c_b = h.t(), (c.t() if c is not None else None)  # (B, H) for the cell equations

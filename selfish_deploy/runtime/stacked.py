@@ -75,14 +75,14 @@ class StackedTrunk:
         x = None if self.table is not None else self.kernels.embed(self.encoder, ids)  # (E, T*B)
         new = []
         for k, ((w_ih, proj_bias, w_hh, cell_bias), layer) in enumerate(zip(self.layers, state)):
-            if k == 0 and self.table is not None:
-                g = self.table[ids].t() if ids.numel() > 1 else self.table[ids].view(-1, 1)
-                g = g.contiguous()
+            rows = k == 0 and self.table is not None
+            if rows:  # (T*B, G*H): the table's rows, read in place by the recurrence
+                g = self.table.index_select(0, ids)
             else:
                 g = self.kernels.spmm(w_ih, x, proj_bias)  # (G*H, T*B): every time step at once
             h, c = (layer if isinstance(layer, tuple) else (layer, None))
             h = h.to(dev, torch.float32).t().contiguous()
             c = c.to(dev, torch.float32).t().contiguous() if c is not None else None
-            x, h, c = self.kernels.recurrent(self.cell, w_hh, cell_bias, g, T, B, h, c)
+            x, h, c = self.kernels.recurrent(self.cell, w_hh, cell_bias, g, T, B, h, c, g_rows=rows)
             new.append((h.t().contiguous(), c.t().contiguous()) if c is not None else h.t().contiguous())
         return x, State(new)

@@ -13,7 +13,7 @@
     namespace NS {                                                                                           \
     int spmm_entry(const sd_matrix*, const float*, int64_t, int64_t, const float*, float*, int64_t, int);   \
     int embed_entry(const sd_matrix*, const int64_t*, int64_t, float*, int64_t);                            \
-    int recurrent_entry(int, const sd_matrix*, const float*, const float*, int64_t, int64_t, int64_t,       \
+    int recurrent_entry(int, const sd_matrix*, const float*, const float*, int64_t, int, int64_t, int64_t,  \
                         float*, float*, float*, int64_t, int);                                              \
     int decoder_entry(const sd_matrix*, const float*, const float*, int64_t, int64_t, const int64_t*,       \
                       float*, int64_t*, float*, float*, int);                                               \
@@ -53,7 +53,7 @@ double sd_min_work = 32768.0;  // multiply-adds per thread below which a kernel 
 
 void sd_set_min_work(double w) { sd_min_work = w; }
 
-int sd_abi_version() { return 3; }
+int sd_abi_version() { return 4; }
 
 const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
 
@@ -136,9 +136,9 @@ int sd_embed(const sd_matrix* E, const int64_t* ids, int64_t N, float* XT, int64
     return DISPATCH(embed_entry(E, ids, N, XT, ldx));
 }
 
-int sd_recurrent(int cell, const sd_matrix* W, const float* bhh, const float* G, int64_t ldg, int64_t T, int64_t B,
-                 float* h, float* c, float* out, int64_t ldo, int nt) {
-    return DISPATCH(recurrent_entry(cell, W, bhh, G, ldg, T, B, h, c, out, ldo, nt));
+int sd_recurrent(int cell, const sd_matrix* W, const float* bhh, const float* G, int64_t ldg, int g_rows, int64_t T,
+                 int64_t B, float* h, float* c, float* out, int64_t ldo, int nt) {
+    return DISPATCH(recurrent_entry(cell, W, bhh, G, ldg, g_rows, T, B, h, c, out, ldo, nt));
 }
 
 int sd_decoder(const sd_matrix* W, const float* bias, const float* X, int64_t ldx, int64_t N, const int64_t* targets,
