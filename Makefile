@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python -m selfish_deploy.serving.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -n auto -m "not slow and not gpu"  # one worker per core (pytest-xdist)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
