@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from ..kernels.reference import decoder_outputs
 from . import Decoder, Option, register_decoder
 from .decoders import trunk_width
 
@@ -148,12 +149,10 @@ class SparseMoSHead:
                  top1: bool = False) -> dict[str, torch.Tensor]:
         K, N, V = self.experts, x.shape[1], self.out.rows
         x = x.contiguous()
-        out = {}
         if targets is not None and not (full or top1):
             latent, log_prior = self._experts(x)
             per_expert = self.kernels.decoder(self.out, self.out_bias, latent, targets.repeat(K).contiguous())
-            out["target_lp"] = torch.logsumexp(per_expert["target_lp"].view(K, N) + log_prior, dim=0)
-            return out
+            return {"target_lp": torch.logsumexp(per_expert["target_lp"].view(K, N) + log_prior, dim=0)}
         chunk = max(1, _FULL_CHUNK_VALUES // max(1, K * V))
         parts = []
         for s in range(0, N, chunk):
@@ -162,13 +161,7 @@ class SparseMoSHead:
             logp = self.kernels.decoder(self.out, self.out_bias, latent, full=True)["logprobs"]  # (K*n, V)
             parts.append(torch.logsumexp(logp.view(K, n, V) + log_prior.unsqueeze(2), dim=0))  # (n, V)
         logp = torch.cat(parts) if parts else x.new_zeros(0, V)
-        if targets is not None:
-            out["target_lp"] = logp.gather(1, targets.view(-1, 1)).view(-1)
-        if top1:
-            out["max_lp"], out["argmax"] = logp.max(dim=1)
-        if full:
-            out["logprobs"] = logp
-        return out
+        return decoder_outputs(logp, targets, full, top1)
 
 
 def onnx_head(g, x: str, latent_w: str, latent_b: str, prior_w: str, dec_w: str, dec_b: str,

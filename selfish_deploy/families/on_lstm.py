@@ -236,18 +236,8 @@ def gate_block_rows(param_name: str, config) -> tuple[int, ...]:
 
 def cell_feature_major(gates: torch.Tensor, c: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``onlstm_cell`` on feature-major columns: ``gates`` (G, B), ``c`` (H, B) -> ``h``, ``c`` (H, B)."""
-    H, B = c.shape
-    n = H // chunk_size
-    mi = 1.0 - cumax(gates[:n], dim=0)  # (n, B)
-    mf = cumax(gates[n:2 * n], dim=0)
-    o, g, i, f = gates[2 * n:].reshape(4, n, chunk_size, B).unbind(0)  # each (n, chunk, B)
-    mi, mf = mi[:, None, :], mf[:, None, :]
-    w = mf * mi
-    f = torch.sigmoid(f) * w + (mf - w)
-    i = torch.sigmoid(i) * w + (mi - w)
-    c = f * c.view(n, chunk_size, B) + i * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    return h.reshape(H, B), c.reshape(H, B)
+    h, c = onlstm_cell(gates.t().contiguous(), c.t().contiguous(), chunk_size)
+    return h.t().contiguous(), c.t().contiguous()
 
 
 class SparseTrunk:

@@ -64,7 +64,11 @@ def decoder(w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torc
             full: bool = False, top1: bool = False) -> dict[str, torch.Tensor]:
     """Log-softmax of ``W X + bias`` per column; returns what was asked among ``target_lp`` (N,),
     ``argmax`` and ``max_lp`` (N,), ``logprobs`` (N, V)."""
-    logp = torch.log_softmax(spmm(w, x, bias).t(), dim=-1)  # (N, V)
+    return decoder_outputs(torch.log_softmax(spmm(w, x, bias).t(), dim=-1), targets, full, top1)
+
+
+def decoder_outputs(logp: torch.Tensor, targets: torch.Tensor | None, full: bool, top1: bool) -> dict[str, torch.Tensor]:
+    """What a decoder call asked for, from all log-probabilities ``logp`` (N, V)."""
     out = {}
     if targets is not None:
         out["target_lp"] = logp.gather(1, targets.view(-1, 1)).view(-1)
