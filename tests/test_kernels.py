@@ -90,7 +90,7 @@ CELLS = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell,
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.33, 1.0])
-@pytest.mark.parametrize("T,B", [(1, 1), (7, 1), (3, 3), (2, 64)])
+@pytest.mark.parametrize("T,B", [(1, 1), (7, 1), (3, 3), (2, 13), (2, 64)])
 def test_recurrent_matches_pytorch_cells(compiled, cell, density, T, B):
     """T steps of the fused cell equal PyTorch's own cell (LSTMCell, GRUCell, RNNCell) step by step."""
     torch.manual_seed(T * 100 + B)
@@ -169,6 +169,29 @@ def test_a_column_does_not_depend_on_its_batch():
         one, _, _ = k.recurrent("lstm", w_hh, None, g.view(320, 5, 9)[:, :, b].contiguous(), 5, 1,
                                 h[:, b:b + 1].contiguous(), c[:, b:b + 1].contiguous())
         assert torch.equal(out.view(80, 5, 9)[:, :, b], one)
+
+
+@needs_compiled
+@pytest.mark.parametrize("values", [torch.float32, torch.float16])
+def test_k_blocked_panels_equal_one_column_at_a_time(values):
+    """Many 64-column panels (every thread gets several), rows in several tiles of 256 and columns in several
+    slices of 64 (the K-blocked path, with its partial sums stored between slices): each column equals the
+    call on that column alone, bit for bit, and dense maths to 1e-5. The decoder's whole-block path too."""
+    k = kernels_for("cpu", 2)
+    k.set_min_work(0)
+    try:
+        w, dense = weight(600, 200, 0.2, seed=5, values=values)
+        x, b = torch.randn(200, 300), torch.randn(600)
+        got = k.spmm(w, x, b, out=poisoned(600, 300))
+        assert rel_err(got, dense @ x + b[:, None]) < TOL
+        dec = k.decoder(w, b, x, full=True, out={"logprobs": poisoned(300, 600)})["logprobs"]
+        assert rel_err(dec, torch.log_softmax((dense @ x + b[:, None]).t(), dim=-1)) < TOL
+        for j in (0, 63, 64, 299):
+            col = x[:, j:j + 1].contiguous()
+            assert torch.equal(got[:, j], k.spmm(w, col, b)[:, 0])
+            assert torch.equal(dec[j], k.decoder(w, b, col, full=True)["logprobs"][0])
+    finally:
+        k.set_min_work(32768)
 
 
 @needs_compiled
