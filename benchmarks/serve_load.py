@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import socket
@@ -43,6 +44,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -160,25 +167,34 @@ async def one(client: httpx.AsyncClient, kind: str, text: str, seed: int) -> dic
     return {"kind": kind, "status": status, "latency": time.perf_counter() - t0, "ttft": ttft}
 
 
-async def load(url: str, clients: int, duration: float, mix: str, pool: list[str], seed: int) -> list[dict]:
+async def load(url: str, clients: int, duration: float, mix: str, pool: list[str], seed: int
+               ) -> tuple[list[dict], float]:
+    """``clients`` closed-loop clients for ``duration`` seconds, each on its own connection, opened (and used
+    once, untimed) before the clock starts, so connection set-up is not in the latencies. One shared
+    ``httpx.AsyncClient`` would scan its whole pool on every request (httpcore's
+    ``_assign_requests_to_connections``): at 64 connections that cost the client more CPU than the server used,
+    and the client became the bottleneck it was meant to measure."""
     rng = random.Random(seed)
-    stop_at = time.perf_counter() + duration
     results: list[dict] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    ready = asyncio.Barrier(clients)
+    started: list[float] = []
 
-    async def client_loop(c: httpx.AsyncClient, k: int):
+    async def client_loop(k: int):
         n = 0
-        while time.perf_counter() < stop_at:
-            kind = mix if mix != "both" else rng.choice(("score", "generate"))
-            try:
-                results.append(await one(c, kind, rng.choice(pool), seed + 1000 * k + n))
-            except httpx.HTTPError as e:
-                results.append({"kind": kind, "status": type(e).__name__, "latency": None, "ttft": None})
-            n += 1
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=1)) as c:
+            await one(c, "score", pool[k % len(pool)], seed)  # opens the connection
+            await ready.wait()
+            started.append(time.perf_counter())
+            while time.perf_counter() < started[0] + duration:
+                kind = mix if mix != "both" else rng.choice(("score", "generate"))
+                try:
+                    results.append(await one(c, kind, rng.choice(pool), seed + 1000 * k + n))
+                except httpx.HTTPError as e:
+                    results.append({"kind": kind, "status": type(e).__name__, "latency": None, "ttft": None})
+                n += 1
 
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as c:
-        await asyncio.gather(*(client_loop(c, k) for k in range(clients)))
-    return results
+    await asyncio.gather(*(client_loop(k) for k in range(clients)))
+    return results, time.perf_counter() - started[0]  # results and the seconds they took
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -211,11 +227,13 @@ def run_model(name: str, path: str, args) -> list[dict]:
             for clients in args.clients:
                 for mix in args.mixes:
                     before = server.batch_sizes()
-                    t0 = time.perf_counter()
-                    res = asyncio.run(load(server.url, clients, args.duration, mix, pool, args.seed))
-                    elapsed = time.perf_counter() - t0
+                    cpu0, mine0 = cpu_seconds(server.proc.pid), time.process_time()
+                    res, elapsed = asyncio.run(load(server.url, clients, args.duration, mix, pool, args.seed))
+                    cpu = {"server": round((cpu_seconds(server.proc.pid) - cpu0) / elapsed, 2),
+                           "client": round((time.process_time() - mine0) / elapsed, 2)}
                     row = {"model": name, "batching": batching, "clients": clients, "mix": mix,
                            **summarize(res, elapsed), "batches": batch_summary(before, server.batch_sizes()),
+                           "cpu_cores": cpu,
                            "rss_loaded_mib": round(rss_loaded, 1), "rss_warm_mib": round(rss_warm, 1),
                            "rss_end_mib": round(rss_mib(server.proc.pid), 1)}
                     rows.append(row)
@@ -225,13 +243,14 @@ def run_model(name: str, path: str, args) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     head = ("| model | batching | clients | mix | req/s | p50 ms | p99 ms | score p99 ms | TTFT p50 ms | errors | "
-            "mean batch (score / gen) | RSS loaded -> warm -> end MiB |")
-    lines = [head, "|" + "---|" * 12]
+            "mean batch (score / gen) | CPU cores (server / client) | RSS loaded -> warm -> end MiB |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         mean = " / ".join(str(r["batches"].get(k, {}).get("mean", "-")) for k in ("score", "generate"))
         lines.append(f"| {r['model']} | {r['batching']} | {r['clients']} | {r['mix']} | {r['rps']} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['score_p99_ms'] or '-'} | {r['ttft_p50_ms'] or '-'} | {r['errors']} | "
-                     f"{mean} | {r['rss_loaded_mib']:.0f} -> {r['rss_warm_mib']:.0f} -> {r['rss_end_mib']:.0f} |")
+                     f"{mean} | {r['cpu_cores']['server']} / {r['cpu_cores']['client']} | "
+                     f"{r['rss_loaded_mib']:.0f} -> {r['rss_warm_mib']:.0f} -> {r['rss_end_mib']:.0f} |")
     return "\n".join(lines)
 
 
@@ -259,8 +278,10 @@ def main() -> None:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"{SECTION}\n\n### {when}, {machine()}\n\n`python benchmarks/serve_load.py --duration "
             f"{args.duration:g} --clients {' '.join(map(str, args.clients))}`: closed-loop clients on loopback, "
-            f"scoring = one {SCORE_WORDS}-word text, generation = {GEN_TOKENS} tokens streamed; latency of the "
-            "whole request, TTFT at the client; mean batch = sequences per engine call (server histogram).\n\n"
+            f"scoring = one {SCORE_WORDS}-word text, generation = {GEN_TOKENS} tokens streamed; one connection per "
+            "client, opened before the clock starts; latency of the whole request, TTFT at the client; mean batch "
+            "= sequences per engine call (server histogram); CPU cores = CPU seconds per second of the server "
+            "process and of the load generator.\n\n"
             + table(rows) + "\n")
     print(text)
     if args.json:
