@@ -193,7 +193,8 @@ static inline void dot_block2(const Row& ra, const Row& rb, const float* X, int6
     }
 }
 
-// One row times columns [0, nc) of X into y[0, nc) (plus b): blocks of 64, then 32, 16, 8, then single columns.
+// One row times columns [0, nc) of X into y[0, nc) (plus b): blocks of 64, then 32, 16, 8, then the rest in one
+// vector's lanes.
 template <class Row>
 static inline void dot_cols(const Row& row, const float* X, int64_t ldx, int64_t nc, float b, float* y) {
     int64_t j = 0;
@@ -217,7 +218,13 @@ static inline void dot_cols(const Row& row, const float* X, int64_t ldx, int64_t
         vstore(y + j, acc[0] + vsplat(b));
         j += 8;
     }
-    for (; j < nc; ++j) y[j] = dot1(row, X + j, ldx) + b;
+    if (j < nc) {  // the last nc % 8 columns in the lanes of one vector (the same chain per lane as dot1)
+        const int n = (int)(nc - j);
+        vf8 a = {};
+        for (int64_t i = 0; i < row.n; ++i) a = vfmadd(vsplat(row.val(i)), vload_n(X + j + row.col(i) * ldx, n), a);
+        a = a + vsplat(b);
+        for (int q = 0; q < n; ++q) y[j + q] = a[q];
+    }
 }
 
 // Dense rows at batch 1: contiguous, so vectorised along the row (32 partial sums, then a fixed tree).

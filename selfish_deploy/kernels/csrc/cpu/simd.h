@@ -13,6 +13,20 @@ typedef int32_t vi8 __attribute__((vector_size(32)));
 
 static inline vf8 vload(const float* p) { vf8 v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
+// Lanes [0, n) from p (n < 8), the others 0; nothing past p + n is read (the last row of a matrix can end a
+// page).
+#if SD_AVX2
+static inline vf8 vload_n(const float* p, int n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return (vf8)_mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+}
+#else
+static inline vf8 vload_n(const float* p, int n) {
+    vf8 v = {};
+    for (int q = 0; q < n; ++q) v[q] = p[q];
+    return v;
+}
+#endif
 static inline vf8 vsplat(float x) { return vf8{x, x, x, x, x, x, x, x}; }
 static inline vf8 vmin(vf8 a, vf8 b) { return a < b ? a : b; }
 static inline vf8 vmax(vf8 a, vf8 b) { return a > b ? a : b; }
