@@ -173,10 +173,10 @@ def test_a_column_does_not_depend_on_its_batch():
 
 @needs_compiled
 @pytest.mark.parametrize("values", [torch.float32, torch.float16])
-def test_k_blocked_panels_equal_one_column_at_a_time(values):
-    """Many 64-column panels (every thread gets several), rows in several tiles of 256 and columns in several
-    slices of 64 (the K-blocked path, with its partial sums stored between slices): each column equals the
-    call on that column alone, bit for bit, and dense maths to 1e-5. The decoder's whole-block path too."""
+def test_packed_panels_equal_one_column_at_a_time(values):
+    """300 columns: spmm's packed 64-column panels (several per thread) and the decoder's whole-block path over
+    three 256-row chunks, the last 44 columns ending in 4 masked lanes: each column equals the call on that
+    column alone (the SELL-8 batch-1 path), bit for bit, and dense maths to 1e-5."""
     k = kernels_for("cpu", 2)
     k.set_min_work(0)
     try:

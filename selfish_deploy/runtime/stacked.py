@@ -7,8 +7,8 @@ recurrence, T steps in one kernel call. Activations are feature-major, (features
 The first layer's input projection only ever sees rows of the embedding, so ``W_ih0 E[v] + b`` is computed for
 every word ``v`` once, at load, by the same kernel, and looked up afterwards (the *input table*): the kernels
 compute each column in the same order whatever the other columns, so the numbers are the same bit for bit,
-and a generation step skips the first layer's input product (13% of the reference 2x650 model's non-zeros). It is built when W_ih0 is sparse and the table fits
-``INPUT_TABLE_BYTES``.
+and a generation step skips the first layer's input product (13% of the reference 2x650 model's non-zeros).
+It is built when W_ih0 is sparse and the table fits ``INPUT_TABLE_BYTES``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,21 @@ static inline vf8 vload_n(const float* p, int n) {
     return v;
 }
 #endif
+// Lanes [0, n) (n <= 8) from p, p + stride, ...; the others 0.
+static inline vf8 vload_lanes(const float* p, int64_t stride, int n) {
+    if (stride == 1) return n == 8 ? vload(p) : vload_n(p, n);
+    vf8 v = {};
+    for (int q = 0; q < n; ++q) v[q] = p[q * stride];
+    return v;
+}
+// Lanes [0, n) of v to p, p + stride, ...
+static inline void vstore_lanes(float* p, int64_t stride, int n, vf8 v) {
+    if (stride == 1 && n == 8) {
+        vstore(p, v);
+        return;
+    }
+    for (int q = 0; q < n; ++q) p[q * stride] = v[q];
+}
 static inline vf8 vsplat(float x) { return vf8{x, x, x, x, x, x, x, x}; }
 static inline vf8 vmin(vf8 a, vf8 b) { return a < b ? a : b; }
 static inline vf8 vmax(vf8 a, vf8 b) { return a > b ? a : b; }
