@@ -190,6 +190,13 @@ def test_packed_panels_equal_one_column_at_a_time(values):
             col = x[:, j:j + 1].contiguous()
             assert torch.equal(got[:, j], k.spmm(w, col, b)[:, 0])
             assert torch.equal(dec[j], k.decoder(w, b, col, full=True)["logprobs"][0])
+        # scoring only (no logprobs asked): each block's chunks reuse one buffer and keep their targets' logits
+        tg = torch.randint(0, 600, (300,), generator=torch.Generator().manual_seed(3))
+        out = {"target_lp": poisoned(300), "argmax": poisoned(300, dtype=torch.int64), "max_lp": poisoned(300)}
+        score = k.decoder(w, b, x, tg, top1=True, out=out)
+        assert "logprobs" not in score
+        assert torch.equal(score["target_lp"], dec.gather(1, tg.view(-1, 1)).view(-1))
+        assert torch.equal(score["max_lp"], dec.max(1).values) and torch.equal(score["argmax"], dec.argmax(1))
     finally:
         k.set_min_work(32768)
 
