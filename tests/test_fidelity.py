@@ -306,3 +306,18 @@ def test_a_run_from_before_issue_15_resumes_with_its_own_order(tmp_path, caplog)
     cfg, resume = cli.resolve(cli.build_parser().parse_args(["--resume", str(tmp_path)]))
     assert resume and (cfg.clip_masked_grad, cfg.regrow_exclude_dead, cfg.momentum) == (True, True, 0.9)
     assert "predates issue 15" in caplog.text
+
+
+# -- ON-LSTM's averaging restarts (main_ONLSTM.py --finetuning) ---------------------------------------------
+
+def test_an_averaging_restart_keeps_the_epochs_topology_update(data_dir, tmp_path):
+    """--asgd-restarts 2: averaging begins after epoch 1 (no update in the switch epoch, as main.py), starts
+    again after epoch 2, whose topology update still runs (main_ONLSTM.py: at_end_of_epoch, then the new
+    Sparse_ASGD), at the initial rate."""
+    train(data_dir, tmp_path / "run", "--method", "selfish", "--max-batches", "3", "--epochs", "3",
+          "--asgd-after", "1", "--asgd-restarts", "2", "--lr", "5")
+    recs = records(tmp_path / "run")
+    events = [(r["event"], r.get("epoch"), r.get("reason")) for r in recs if r["event"] != "start"]
+    assert events == [("epoch", 1, None), ("phase", 1, "asgd_after"), ("epoch", 2, None), ("phase", 2, "restart"),
+                      ("topology", 2, None), ("epoch", 3, None), ("test", None, None)]
+    assert [r["lr"] for r in recs if r["event"] == "phase"] == [5.0, 5.0]

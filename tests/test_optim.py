@@ -143,6 +143,43 @@ def test_trigger_fires_on_the_non_monotone_criterion_and_not_before():
     assert [opt.on_epoch_end(5.0 - e).get("switch") for e in range(3)] == [None, "asgd_after", None]
 
 
+def test_averaging_restarts_after_the_given_epochs():
+    """--asgd-restarts (main_ONLSTM.py --finetuning): after epoch 3, while averaging, the averages start again
+    from the next iterate and the rate goes back to --lr; not in the SGD phase, not at other epochs."""
+    model, masks, opt = make(asgd_after=None, nonmono=5)
+    opt.restarts = (2, 3)
+    gen = torch.Generator().manual_seed(7)
+    assert "restart" not in opt.on_epoch_end(1.0, 1) and opt.phase == "sgd"
+    assert opt.on_epoch_end(0.9, 2).get("restart") is None  # epoch 2 is in SGD still: nothing to restart
+    opt.start_averaging()
+    iterates = [sgd_step(model, masks, opt, gen)[0] for _ in range(3)]
+    assert torch.allclose(opt.averaged()["weight"], torch.stack(iterates).mean(0), atol=1e-7)
+    for g in opt.param_groups:
+        g["lr"] = 0.01
+    info = opt.on_epoch_end(0.8, 3)
+    assert info["restart"] is True and info["lr"] == 0.01 and opt.param_groups[0]["lr"] == 0.1
+    after = [sgd_step(model, masks, opt, gen)[0] for _ in range(2)]
+    want = torch.stack(after).mean(0)  # only the iterates after the restart
+    assert torch.allclose(opt.averaged()["weight"], want, atol=1e-7)
+    assert torch.equal(opt.averaged()["weight"] != 0, masks["weight"] & (want != 0))
+    assert "restart" not in opt.on_epoch_end(0.7, 4)
+
+
+def test_restart_epochs_from_a_recipe_and_the_command_line(tmp_path):
+    from selfish_deploy.errors import UserError
+    from selfish_deploy.training.cli import build_parser, resolve
+    from selfish_deploy.training.config import TrainConfig
+
+    cfg, _ = resolve(build_parser().parse_args(["--config", "ptb-on-lstm"]))
+    assert cfg.asgd_restarts == [500, 1000]
+    cfg, _ = resolve(build_parser().parse_args(["--config", "ptb-on-lstm", "--asgd-restarts", "7", "9"]))
+    assert cfg.asgd_restarts == [7, 9] and TrainConfig().asgd_restarts == []
+    opt = build_optimizer("snt-asgd", Tiny(), cfg, {})
+    assert opt.restarts == (7, 9)
+    with pytest.raises(UserError, match="--asgd-restart"):
+        TrainConfig(asgd_restarts=[0])
+
+
 def test_state_dict_round_trip_continues_identically():
     model, masks, opt = make(momentum=0.9)
     gen = torch.Generator().manual_seed(4)

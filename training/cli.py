@@ -48,6 +48,8 @@ HELP = {
     "lr": "initial learning rate (snt-asgd restarts at it when averaging begins)",
     "nonmono": "snt-asgd: start averaging when validation is worse than the best one before the last N epochs",
     "asgd_after": "snt-asgd: start averaging after this epoch even if not triggered (0: from the first step)",
+    "asgd_restarts": "snt-asgd: when averaging already, start the averages again (lr back to --lr) after these "
+                     "epochs, as ON-LSTM's main_ONLSTM.py --finetuning/--finetuning2",
     "anneal": "sgd: divide the learning rate by this when validation does not improve",
     "clip": "gradient-norm clipping",
     "clip_masked_grad": "clip the norm of the masked gradient (the default, as the authors' code, clips the "
@@ -91,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, f.name)
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
+            continue
+        if f.type == "list[int]":
+            p.add_argument(flag, type=int, nargs="+", default=None, metavar="EPOCH",
+                           help=f"{HELP[f.name]} (default: none)")
             continue
         kind = {"int": int, "float": float}.get(f.type.split(" |")[0], str)
         p.add_argument(flag, type=kind, default=None, choices=choices.get(f.name),

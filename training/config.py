@@ -56,6 +56,9 @@ class TrainConfig:
     lr: float = 20.0
     nonmono: int = 5  # snt-asgd: average once validation is worse than the best before the last 5 epochs
     asgd_after: int | None = None  # snt-asgd: switch after this epoch at the latest (0: average from the start)
+    # snt-asgd: when averaging already, start the averages again after these epochs (main_ONLSTM.py's
+    # --finetuning 500 and --finetuning2 1000); none by default, as the authors' main.py
+    asgd_restarts: list[int] = field(default_factory=list)
     anneal: float = 4.0  # sgd: divide lr by this when validation does not improve (word_language_model)
     clip: float = 0.25
     clip_masked_grad: bool = False  # clip the masked gradient (ours before issue 15); default: the dense one,
@@ -105,6 +108,8 @@ class TrainConfig:
             raise UserError(f"--max-batches must be at least 1, got {self.max_batches}")
         if self.nonmono < 0 or (self.asgd_after is not None and self.asgd_after < 0):
             raise UserError("--nonmono and --asgd-after must not be negative")
+        if any(not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in self.asgd_restarts):
+            raise UserError(f"--asgd-restart takes epochs (integers from 1), got {self.asgd_restarts}")
         # the family's and decoder's own checks (--experts, widths, option types) before any data is read
         ModelConfig(arch=self.arch, vocab_size=2, emb=self.emb, hidden=self.hidden, layers=self.layers,
                     dropout=self.dropout, tie_weights=self.tie_weights, decoder=self.decoder,

@@ -1,6 +1,6 @@
 """Optimizers by name (``--optimizer``): SNT-ASGD (the default) and SGD with plateau annealing.
 
-Both expose ``on_epoch_end(val_loss) -> dict`` (metrics for the epoch record: ``lr``, ``phase``) and
+Both expose ``on_epoch_end(val_loss, epoch) -> dict`` (metrics for the epoch record: ``lr``, ``phase``) and
 ``eval_weights()``, a context manager that puts the weights to evaluate and save into the model (SNT-ASGD
 swaps its masked averages in; plain SGD changes nothing). Both use ``--momentum`` (default 0, every
 method alike: the authors' ``main.py`` builds ``torch.optim.SGD(lr, weight_decay)`` and ``Sparse_ASGD`` has
@@ -10,7 +10,10 @@ SNT-ASGD (Selfish-RNN, Liu et al. ICML 2021) is AWD-LSTM's non-monotonically tri
 mask-aware. Phase "sgd": plain SGD at ``--lr``; after each epoch the validation loss is appended to a
 history and the optimizer switches when ``t > nonmono and val_loss > min(history[:-nonmono])`` (Merity et
 al. 2018; ``--asgd-after E`` forces the switch after epoch E at the latest). Phase "asgd": the same SGD
-step at ``--lr`` again, plus a running average of the iterates, one counter per weight::
+step at ``--lr`` again, plus a running average of the iterates, one counter per weight (``--asgd-restarts E``:
+when averaging already, start again after epoch E, averages empty and the rate back at ``--lr``, as
+ON-LSTM's ``main_ONLSTM.py`` re-creates ``Sparse_ASGD`` at its ``--finetuning`` and ``--finetuning2``
+epochs)::
 
     alive weight:  age += 1;  avg += (w - avg) / age      (age 1 -> avg = w: a regrown weight restarts)
     dead weight:   age = 0,   avg = 0                     (the averaged model has exactly the mask's zeros)
@@ -59,7 +62,7 @@ class AnnealedSGD(torch.optim.SGD):
         self.anneal = anneal
         self.best_val: float | None = None
 
-    def on_epoch_end(self, val_loss: float) -> dict:
+    def on_epoch_end(self, val_loss: float, epoch: int | None = None) -> dict:
         lr = self.param_groups[0]["lr"]  # the rate this epoch trained with
         if self.best_val is None or val_loss < self.best_val:
             self.best_val = val_loss
@@ -87,7 +90,7 @@ class SNTASGD(torch.optim.SGD):
 
     def __init__(self, named_params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor] | None,
                  lr: float, weight_decay: float = 0.0, momentum: float = 0.0, nonmono: int = 5,
-                 asgd_after: int | None = None):
+                 asgd_after: int | None = None, restarts: tuple[int, ...] = ()):
         self.names = list(named_params)
         super().__init__(list(named_params.values()), lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.named = dict(named_params)
@@ -96,6 +99,7 @@ class SNTASGD(torch.optim.SGD):
         self.base_lr = lr
         self.nonmono = nonmono
         self.asgd_after = asgd_after
+        self.restarts = tuple(restarts)  # epochs after which an averaged phase starts again
         self.phase = "sgd"
         self.history: list[float] = []  # validation losses of the SGD phase, one per epoch
         self.asgd_steps = 0  # steps taken in the averaged phase
@@ -105,9 +109,14 @@ class SNTASGD(torch.optim.SGD):
             self.start_averaging()
 
     # -- phase ---------------------------------------------------------------------------------
-    def on_epoch_end(self, val_loss: float) -> dict:
+    def on_epoch_end(self, val_loss: float, epoch: int | None = None) -> dict:
+        """After epoch ``epoch`` (1-based) validated at ``val_loss``: ``switch`` in the record when averaging
+        begins, ``restart`` when an averaged phase starts again."""
         info = {"lr": self.param_groups[0]["lr"], "phase": self.phase}
-        if self.phase == "sgd":
+        if self.phase == "asgd" and epoch in self.restarts:
+            self.start_averaging()
+            info["restart"] = True
+        elif self.phase == "sgd":
             older = self.history[: len(self.history) - self.nonmono]
             triggered = len(self.history) > self.nonmono and val_loss > min(older)
             forced = self.asgd_after is not None and len(self.history) + 1 >= self.asgd_after
@@ -119,7 +128,7 @@ class SNTASGD(torch.optim.SGD):
 
     @torch.no_grad()
     def start_averaging(self) -> None:
-        """Enter the averaged phase: learning rate back to ``--lr``, every average empty."""
+        """Enter (or restart) the averaged phase: learning rate back to ``--lr``, every average empty."""
         self.phase = "asgd"
         for g in self.param_groups:
             g["lr"] = self.base_lr
@@ -255,5 +264,6 @@ def build_optimizer(name: str, model: torch.nn.Module, config, masks=None, momen
                            weight_decay=config.weight_decay, momentum=momentum)
     if name == "snt-asgd":
         return SNTASGD(dict(model.named_parameters()), masks, lr=config.lr, weight_decay=config.weight_decay,
-                       momentum=momentum, nonmono=config.nonmono, asgd_after=config.asgd_after)
+                       momentum=momentum, nonmono=config.nonmono, asgd_after=config.asgd_after,
+                      restarts=tuple(getattr(config, "asgd_restarts", ()) or ()))
     raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")

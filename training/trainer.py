@@ -260,8 +260,8 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                 loop.best_val = val_loss
                 if main:
                     save_weights(out / "model.safetensors", model, masks.masks)
-        opt_info = optimizer.on_epoch_end(val_loss)
-        switch = opt_info.pop("switch", None)
+        opt_info = optimizer.on_epoch_end(val_loss, epoch)
+        switch, restart = opt_info.pop("switch", None), opt_info.pop("restart", False)
         loop.epoch = epoch
         metrics.write({"event": "epoch", "epoch": epoch, "step": loop.step, "train_loss": train_loss,
                        "val_loss": val_loss, "val_ppl": math.exp(val_loss), "best_val_ppl": math.exp(loop.best_val),
@@ -274,6 +274,11 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
             metrics.write({"event": "phase", "epoch": epoch, "step": loop.step, "phase": optimizer.phase,
                            "reason": switch, "lr": optimizer.param_groups[0]["lr"]})
             log.info("switching to masked averaging (SNT-ASGD, %s) after epoch %d at lr %g", switch, epoch,
+                     optimizer.param_groups[0]["lr"])
+        if restart:  # the topology update below still runs (main_ONLSTM.py: at_end_of_epoch, then the restart)
+            metrics.write({"event": "phase", "epoch": epoch, "step": loop.step, "phase": optimizer.phase,
+                           "reason": "restart", "lr": optimizer.param_groups[0]["lr"]})
+            log.info("restarting the masked averages (--asgd-restart) after epoch %d at lr %g", epoch,
                      optimizer.param_groups[0]["lr"])
         # The per-epoch topology update comes after validation, the best checkpoint and the trigger (main.py:
         # mask.at_end_of_epoch last; not in the epoch that switches to Sparse_ASGD, whose branch is skipped).
