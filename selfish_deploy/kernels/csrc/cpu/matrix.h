@@ -134,8 +134,11 @@ static inline __m256 load8_values(const bf16* v) {
 
 template <class I, class V>
 static inline void rows8(const Csr<I, V>& W, int64_t r0, const float* X, int64_t ldx, float* out) {
-    const int64_t per_block = (W.sell_block + 7) / 8;
-    const int64_t sl = (r0 / W.sell_block) * per_block + (r0 % W.sell_block) / 8;
+    // the slice: (r0 / block) * ceil(block / 8) + (r0 % block) / 8, by subtraction instead of a 64-bit
+    // division per call: a matrix has one block (decoder, input matrices) or one per gate (recurrent)
+    int64_t sl = 0, in = r0;
+    for (; in >= W.sell_block; in -= W.sell_block) sl += (W.sell_block + 7) / 8;
+    sl += in / 8;
     const int64_t b = W.sell_ptr[sl], len = (W.sell_ptr[sl + 1] - b) / 8;
     const I* c = W.sell_col + b;
     const V* v = W.sell_val + b;
