@@ -89,3 +89,21 @@ def test_two_processes_stay_identical_and_match_one(tmp_path, data_dir):
             assert torch.equal(a[k], b[k]), k
         else:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_per_epoch_updates_stay_identical_on_two_processes(tmp_path, data_dir):
+    """The default per-epoch update (after validation; none in the switch epoch, none after the last step)
+    under torchrun: both ranks prune and regrow the same weights, in the SGD and the averaged phase."""
+    args = [*TINY_TRAIN_ARGS, "--data-dir", str(data_dir), "--method", "selfish", "--max-batches", "3",
+            "--epochs", "4", "--asgd-after", "2", "--out", str(tmp_path / "ddp")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "selfish_deploy.training.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = records(tmp_path / "ddp")
+    updates = [(u["epoch"], u["phase"]) for u in recs if u["event"] == "topology"]
+    assert updates == [(1, "sgd"), (3, "asgd")]
+    syncs = [r for r in recs if r["event"] == "sync"]
+    assert [s["epoch"] for s in syncs] == [1, 2, 3, 4]
+    assert all(s["digests"][0] == s["digests"][1] for s in syncs)  # after each epoch's update
