@@ -124,3 +124,18 @@ def test_card_states_each_splits_evaluation_batch_size(tiny_export):
     assert "batched into 10 columns (test: 1)" in text
     train.update(test_batch_size=10)
     assert "(test:" not in build_card(exported, report).text
+
+
+def test_train_command_round_trips_list_settings():
+    """A list setting (--asgd-restarts) becomes its flag with every value; an empty one, its default, none."""
+    from selfish_deploy.hub.card import train_command
+    from selfish_deploy.training.cli import build_parser, resolve
+    from selfish_deploy.training.config import TrainConfig
+
+    for restarts in ([500, 1000], []):
+        config = TrainConfig(asgd_restarts=restarts, out="runs/x").to_dict()
+        command = train_command(config)
+        assert ("--asgd-restarts 500 1000" in command) == bool(restarts)
+        argv = shlex.split(command.replace("\\\n", " "))
+        resolved, _ = resolve(build_parser().parse_args(argv[1:]))
+        assert resolved.to_dict() == config

@@ -87,6 +87,9 @@ def train_command(train: dict) -> str | None:
         if isinstance(value, bool):
             if key != "dry_run" or value:
                 groups.append([flag if value else "--no-" + flag[2:]])
+        elif isinstance(value, (list, tuple)):  # nargs="+" flags; an empty list is the default: no flag
+            if value:
+                groups.append([flag, *map(str, value)])
         elif value is not None:
             groups.append([flag, str(value)])
     return " \\\n    ".join(" ".join(shlex.quote(a) for a in g) for g in groups)
