@@ -559,3 +559,30 @@ def test_selfish_through_the_cli_logs_fixed_nnz_and_drifting_gates(data_dir, tmp
     gates = [r["gates"]["rnns.0.weight_hh_l0"] for r in topo]
     assert len(gates[0]) == 4
     assert max(abs(a - b) for a, b in zip(gates[0], gates[-1])) > 0.005  # per-gate densities drift
+
+
+def test_per_epoch_updates_follow_the_epochs_the_loop_announces():
+    """Variable-length BPTT: epochs of 14 steps where total_steps counted 10 (4 epochs: 40). Every epoch's end
+    but the last updates, also past total_steps (epoch 3 ends at step 42), where a check on total_steps alone
+    skipped it; RigL keeps the gradient of each epoch's real last batch."""
+    model, masks, method, _ = build("selfish", total_steps=40, epochs=4)
+    assert method.at_epoch_end(42) is None  # no epoch announced: epochs of total_steps / epochs steps
+    updated = []
+    for epoch, end in enumerate((14, 28, 42, 56), 1):
+        method.begin_epoch(end, last=epoch == 4)
+        if method.at_epoch_end(end) is not None:
+            updated.append(epoch)
+        masks.check()
+    assert updated == [1, 2, 3]
+
+    model, masks, rigl, _ = build("rigl", total_steps=40, epochs=4, update_every=0, stop_fraction=1.0)
+    rigl.begin_epoch(14, last=False)
+    backward_on_step(model, 9)
+    rigl.before_step(9)  # step 10: a fixed-window epoch end, not this epoch's
+    assert rigl.grad_scores is None
+    rigl.before_step(13)  # the batch that ends the epoch at step 14
+    assert rigl.grad_scores is not None and rigl.at_epoch_end(14) is not None
+    rigl.begin_epoch(56, last=True)
+    rigl.grad_scores = None
+    rigl.before_step(55)
+    assert rigl.grad_scores is None and rigl.at_epoch_end(56) is None  # nothing after the last step

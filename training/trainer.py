@@ -209,6 +209,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         t0, total_loss, n_batches, step_times = time.time(), 0.0, 0, []
         windows = ([(i, cfg.bptt) for i in starts] if windows_rng is None else  # (start, length)
                    windows_rng.windows(train_data.size(0))[: 1 if cfg.dry_run else cfg.max_batches])
+        method.begin_epoch(loop.step + len(windows), last=epoch == cfg.epochs)
         bar = tqdm(windows, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=None if main else True)
         for i, seq_len in bar:
