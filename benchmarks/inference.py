@@ -1,9 +1,12 @@
 """Inference speed and memory: the sparse engine against ONNX Runtime and PyTorch dense, side by side.
 
-    python benchmarks/inference.py [--densities 1.0 0.33 0.2 0.1 0.05] [--threads 1 2] [--write-results]
+    python benchmarks/inference.py [--densities 1.0 0.33 0.2 0.1 0.05] [--threads 1 2] [--dtypes fp32]
+        [--write-results [--section HEADING]]
 
 Models: the reference model (2-layer LSTM, hidden and embedding 650, vocabulary 10,000, untied, every weight
-matrix sparse at the density, random masks; export_size.py's ``write_reference_run``) and the bundled model.
+matrix sparse at the density, random masks; export_size.py's ``write_reference_run``, exported with values stored
+as ``--dtypes``: fp32 by default; fp16 or bf16 are the same model with its values rounded, which the dense engines
+run widened to fp32) and the bundled model.
 Cases: (a) one generation step at batch 1 with the state carried, (b) scoring one 2,000-token text, (c)
 scoring 32 texts x 64 tokens. Engines, each alone in a fresh process: ``sparse`` (SparseLM, compiled kernels),
 ``ort`` (the exported dense ONNX graph in ONNX Runtime), ``torch`` (dense PyTorch: an LSTMCell-style eager step
@@ -18,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -223,7 +227,10 @@ def main() -> None:
                     "counts (these VMs' second vCPU is sometimes descheduled for whole 4 ms ticks)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/selfish-inference-bench"), help="reference exports")
     ap.add_argument("--no-bundled", action="store_true", help="skip the bundled model")
-    ap.add_argument("--write-results", action="store_true", help=f"replace '{SECTION}' in benchmarks/RESULTS.md")
+    ap.add_argument("--dtypes", nargs="+", choices=("fp32", "fp16", "bf16"), default=["fp32"],
+                    help="stored value types of the reference exports (each a model of its own)")
+    ap.add_argument("--write-results", action="store_true", help="replace --section in benchmarks/RESULTS.md")
+    ap.add_argument("--section", default=SECTION, help=f"the RESULTS.md heading to write (default: '{SECTION}')")
     ap.add_argument("--json", type=Path, help="also write every row as JSON")
     ap.add_argument("--card-json", type=Path, help="the bundled model's rows (most threads) as a speed report for "
                     "its model card: selfish-export --refresh DIR --speed-report FILE")
@@ -236,10 +243,11 @@ def main() -> None:
 
     models = []
     for d in args.densities:
-        out = args.work / f"reference-{d}"
-        if not (out / "model.onnx").is_file():
-            export_run(write_reference_run(args.work / f"run-{d}", d), out, "fp32", onnx=True)
-        models.append((f"reference 2x650", str(out)))
+        for dtype in args.dtypes:
+            out = args.work / (f"reference-{d}" if dtype == "fp32" else f"reference-{d}-{dtype}")
+            if not (out / "model.onnx").is_file():
+                export_run(write_reference_run(args.work / f"run-{d}", d), out, dtype, onnx=True)
+            models.append(("reference 2x650" + ("" if dtype == "fp32" else f" ({dtype} values)"), str(out)))
     if not args.no_bundled:
         bundled = args.work / "bundled"
         if not (bundled / "model.onnx").is_file():  # the bundled export has no ONNX graph: make one beside it
@@ -275,8 +283,9 @@ def main() -> None:
                 for k in CASES), flush=True)
     kernels = rows[0]["sparse"]["kernels"]
     worst = max(r["max_rel_err"] for r in rows)
-    text = (f"{SECTION}\n\n{date.today()}, {machine()}, {cpu_mhz():.0f} MHz; sparse kernels: {kernels}. "
-            f"`python benchmarks/inference.py{' --write-results' if args.write_results else ''}`; one engine per "
+    text = (f"{args.section}\n\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}, {cpu_mhz():.0f} MHz; "
+            f"sparse kernels: {kernels}. "
+            f"`python benchmarks/inference.py {shlex.join(sys.argv[1:])}`; one engine per "
             f"process, median of {args.repeats} calls (generation step: of {max(50, 20 * args.repeats)} steps), "
             f"best of {args.rounds} interleaved rounds. "
             f"Sparse scores equal the dense backend's (max relative error {worst:.1e}). 'vs best dense' is the "
@@ -292,7 +301,7 @@ def main() -> None:
                 for k, name in CASES.items()]
         args.card_json.write_text(json.dumps({"machine": machine(), "date": str(date.today()), "rows": card}, indent=1))
     if args.write_results:
-        replace_section(RESULTS, SECTION, text)
+        replace_section(RESULTS, args.section, text)
 
 
 if __name__ == "__main__":
