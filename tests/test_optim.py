@@ -176,8 +176,9 @@ def test_restart_epochs_from_a_recipe_and_the_command_line(tmp_path):
     assert cfg.asgd_restarts == [7, 9] and TrainConfig().asgd_restarts == []
     opt = build_optimizer("snt-asgd", Tiny(), cfg, {})
     assert opt.restarts == (7, 9)
-    with pytest.raises(UserError, match="--asgd-restart"):
-        TrainConfig(asgd_restarts=[0])
+    for bad in ([0], 500, ["5"]):  # a recipe's `asgd_restarts = 500` is an error, not a crash
+        with pytest.raises(UserError, match="--asgd-restarts"):
+            TrainConfig(asgd_restarts=bad)
 
 
 def test_state_dict_round_trip_continues_identically():

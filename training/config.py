@@ -108,8 +108,9 @@ class TrainConfig:
             raise UserError(f"--max-batches must be at least 1, got {self.max_batches}")
         if self.nonmono < 0 or (self.asgd_after is not None and self.asgd_after < 0):
             raise UserError("--nonmono and --asgd-after must not be negative")
-        if any(not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in self.asgd_restarts):
-            raise UserError(f"--asgd-restart takes epochs (integers from 1), got {self.asgd_restarts}")
+        if not isinstance(self.asgd_restarts, (list, tuple)) or any(
+                not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in self.asgd_restarts):
+            raise UserError(f"--asgd-restarts takes a list of epochs (integers from 1), got {self.asgd_restarts!r}")
         # the family's and decoder's own checks (--experts, widths, option types) before any data is read
         ModelConfig(arch=self.arch, vocab_size=2, emb=self.emb, hidden=self.hidden, layers=self.layers,
                     dropout=self.dropout, tie_weights=self.tie_weights, decoder=self.decoder,

@@ -265,5 +265,5 @@ def build_optimizer(name: str, model: torch.nn.Module, config, masks=None, momen
     if name == "snt-asgd":
         return SNTASGD(dict(model.named_parameters()), masks, lr=config.lr, weight_decay=config.weight_decay,
                        momentum=momentum, nonmono=config.nonmono, asgd_after=config.asgd_after,
-                      restarts=tuple(getattr(config, "asgd_restarts", ()) or ()))
+                       restarts=tuple(getattr(config, "asgd_restarts", ()) or ()))
     raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
