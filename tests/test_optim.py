@@ -31,7 +31,7 @@ class Tiny(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.randn(6, generator=g))
 
 
-def make(momentum=0.0, asgd_after=0, nonmono=5):
+def make(momentum=0.0, asgd_after=0, nonmono=5, restarts=()):
     model = Tiny()
     mask = torch.zeros(6, 5, dtype=torch.bool)
     mask.view(-1)[::2] = True
@@ -39,7 +39,7 @@ def make(momentum=0.0, asgd_after=0, nonmono=5):
     with torch.no_grad():
         model.weight.mul_(mask)
     opt = SNTASGD(dict(model.named_parameters()), masks, lr=0.1, momentum=momentum, nonmono=nonmono,
-                  asgd_after=asgd_after)
+                  asgd_after=asgd_after, restarts=restarts)
     return model, masks, opt
 
 
@@ -146,8 +146,7 @@ def test_trigger_fires_on_the_non_monotone_criterion_and_not_before():
 def test_averaging_restarts_after_the_given_epochs():
     """--asgd-restarts (main_ONLSTM.py --finetuning): after epoch 3, while averaging, the averages start again
     from the next iterate and the rate goes back to --lr; not in the SGD phase, not at other epochs."""
-    model, masks, opt = make(asgd_after=None, nonmono=5)
-    opt.restarts = (2, 3)
+    model, masks, opt = make(asgd_after=None, nonmono=5, restarts=(2, 3))
     gen = torch.Generator().manual_seed(7)
     assert "restart" not in opt.on_epoch_end(1.0, 1) and opt.phase == "sgd"
     assert opt.on_epoch_end(0.9, 2).get("restart") is None  # epoch 2 is in SGD still: nothing to restart
@@ -165,7 +164,7 @@ def test_averaging_restarts_after_the_given_epochs():
     assert "restart" not in opt.on_epoch_end(0.7, 4)
 
 
-def test_restart_epochs_from_a_recipe_and_the_command_line(tmp_path):
+def test_restart_epochs_from_a_recipe_and_the_command_line():
     from selfish_deploy.errors import UserError
     from selfish_deploy.training.cli import build_parser, resolve
     from selfish_deploy.training.config import TrainConfig

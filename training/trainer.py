@@ -271,18 +271,16 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         log.info("epoch %d | %.0fs | train ppl %.2f | val ppl %.2f%s | lr %g | %s", epoch, train_time,
                  math.exp(train_loss), math.exp(val_loss), " *" if improved else "", opt_info["lr"],
                  opt_info["phase"])
-        if switch:
+        reason = switch or ("restart" if restart else None)
+        if reason:  # averaging begins (trigger, asgd_after) or, with --asgd-restarts, starts again
+            lr = optimizer.param_groups[0]["lr"]
             metrics.write({"event": "phase", "epoch": epoch, "step": loop.step, "phase": optimizer.phase,
-                           "reason": switch, "lr": optimizer.param_groups[0]["lr"]})
-            log.info("switching to masked averaging (SNT-ASGD, %s) after epoch %d at lr %g", switch, epoch,
-                     optimizer.param_groups[0]["lr"])
-        if restart:  # the topology update below still runs (main_ONLSTM.py: at_end_of_epoch, then the restart)
-            metrics.write({"event": "phase", "epoch": epoch, "step": loop.step, "phase": optimizer.phase,
-                           "reason": "restart", "lr": optimizer.param_groups[0]["lr"]})
-            log.info("restarting the masked averages (--asgd-restart) after epoch %d at lr %g", epoch,
-                     optimizer.param_groups[0]["lr"])
+                           "reason": reason, "lr": lr})
+            log.info("masked averaging (SNT-ASGD) %s after epoch %d (%s) at lr %g",
+                     "starts again" if restart else "begins", epoch, reason, lr)
         # The per-epoch topology update comes after validation, the best checkpoint and the trigger (main.py:
-        # mask.at_end_of_epoch last; not in the epoch that switches to Sparse_ASGD, whose branch is skipped).
+        # mask.at_end_of_epoch last; not in the epoch that switches to Sparse_ASGD, whose branch is skipped; in a
+        # restart epoch it still runs, as main_ONLSTM.py's at_end_of_epoch comes before its new Sparse_ASGD).
         update = None if switch else method.at_epoch_end(loop.step)
         if update is not None:
             topology_changed(update, epoch)

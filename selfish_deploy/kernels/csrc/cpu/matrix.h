@@ -225,8 +225,7 @@ static inline void dot_cols(const Row& row, const float* X, int64_t ldx, int64_t
         const int n = (int)(nc - j);
         vf8 a = {};
         for (int64_t i = 0; i < row.n; ++i) a = vfmadd(vsplat(row.val(i)), vload_n(X + j + row.col(i) * ldx, n), a);
-        a = a + vsplat(b);
-        for (int q = 0; q < n; ++q) y[j + q] = a[q];
+        vstore_lanes(y + j, 1, n, a + vsplat(b));
     }
 }
 

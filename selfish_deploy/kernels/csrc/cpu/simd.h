@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
@@ -41,6 +42,14 @@ static inline void vstore_lanes(float* p, int64_t stride, int n, vf8 v) {
         return;
     }
     for (int q = 0; q < n; ++q) p[q * stride] = v[q];
+}
+// f(i, n) for the groups of 8 in [i0, i1): n a compile-time 8 for whole groups (plain vector loads and stores;
+// a run-time n measured 5-13% slower on 2 threads), the run-time rest once.
+template <class F>
+static inline void in_groups_of_8(int64_t i0, int64_t i1, F&& f) {
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) f(i, std::integral_constant<int, 8>{});
+    if (i < i1) f(i, (int)(i1 - i));
 }
 static inline vf8 vsplat(float x) { return vf8{x, x, x, x, x, x, x, x}; }
 static inline vf8 vmin(vf8 a, vf8 b) { return a < b ? a : b; }
