@@ -151,6 +151,70 @@ def test_decoder(compiled, density, index, values, n):
     assert rel_err(ref["logprobs"], want) < TOL
 
 
+@pytest.mark.parametrize("rows,cols", [(41, 67), (8, 8), (3, 5), (600, 650)])
+def test_dense_layout_at_batch_1(compiled, rows, cols):
+    """Matrices the export kept dense, one column (eight rows at a time, a masked tail of columns, fewer than
+    eight rows at the end): spmm, the decoder and the recurrence against PyTorch."""
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(rows, cols, generator=g)
+    x, b = torch.randn(cols, 1, generator=g), torch.randn(rows, generator=g)
+    got = compiled.spmm(Matrix(dense=w), x, b, out=poisoned(rows, 1))
+    assert rel_err(got, w @ x + b[:, None]) < TOL
+    want = torch.log_softmax((w @ x + b[:, None]).t(), dim=-1)
+    dec = compiled.decoder(Matrix(dense=w), b, x, full=True, out={"logprobs": poisoned(1, rows)})["logprobs"]
+    assert rel_err(dec, want) < TOL
+    H = cols
+    ref = torch.nn.LSTMCell(3, H)
+    with torch.no_grad():
+        ref.weight_hh.normal_(0.0, H ** -0.5, generator=g)  # a trained scale: no chaos to amplify rounding
+        gi = torch.randn(7, 4 * H, generator=g)
+        h, c, outs = torch.randn(1, H, generator=g), torch.randn(1, H, generator=g), []
+        h0, c0 = h.t().contiguous(), c.t().contiguous()
+        for t in range(7):  # gi stands for W_ih x + b_ih + b_hh: the cell with W_ih = 0 and no biases
+            gh = h @ ref.weight_hh.t()
+            i, f, gg, o = (gi[t] + gh[0]).chunk(4)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(h.t())
+    out, h1, c1 = compiled.recurrent("lstm", Matrix(dense=ref.weight_hh.detach()), None, gi.t().contiguous(), 7, 1,
+                                     h0, c0, out=poisoned(H, 7))
+    assert rel_err(out, torch.cat(outs, 1)) < TOL and rel_err(c1, c.t()) < TOL
+
+
+@needs_compiled
+def test_dense_rows_at_batch_1_do_not_depend_on_their_neighbours():
+    """A dense row's batch-1 sum is the same whichever rows share its group of eight (the step, the
+    recurrence and the layered ops all rely on it): rows 3.. of W equal the rows of W[3:], bit for bit."""
+    k = kernels_for("cpu", 2)
+    w, x = torch.randn(45, 37), torch.randn(37, 1)
+    full, shifted = k.spmm(Matrix(dense=w), x), k.spmm(Matrix(dense=w[3:].contiguous()), x)
+    assert torch.equal(full[3:], shifted)
+    dec = k.decoder(Matrix(dense=w), None, x, full=True)["logprobs"]
+    assert torch.equal(dec, k.decoder(Matrix(dense=w), None, x, full=True)["logprobs"])
+
+
+def test_reference_decoder_in_blocks_equals_one_block(monkeypatch):
+    """The reference decoder's column blocks, and its log-sum-exp path without ``full``, give what one
+    log-softmax over every column gives."""
+    from selfish_deploy.kernels import reference
+
+    w = Matrix(dense=torch.randn(50, 12))
+    x, b, tg = torch.randn(12, 21), torch.randn(50), torch.randint(0, 50, (21,))
+    whole = reference.decoder(w, b, x, tg, full=True, top1=True)
+    assert whole["logprobs"].shape == (21, 50)
+    monkeypatch.setattr(reference, "DECODER_BLOCK_BYTES", 5 * 50 * 4)  # blocks of 5 columns (the last of 1)
+    for full in (True, False):
+        part = reference.decoder(w, b, x, tg, full=full, top1=True)
+        for key in ("target_lp", "max_lp"):
+            assert rel_err(part[key], whole[key]) < TOL
+        assert torch.equal(part["argmax"], whole["argmax"])
+    sparse, _ = weight(50, 12, 0.3, seed=4)
+    dense = sparse.to_dense()
+    got = reference.decoder(sparse, b, x, tg)["target_lp"]
+    want = torch.log_softmax((dense @ x + b[:, None]).t(), -1).gather(1, tg.view(-1, 1)).view(-1)
+    assert rel_err(got, want) < TOL
+
+
 @needs_compiled
 def test_a_column_does_not_depend_on_its_batch():
     """The canonical sum order: column j of a batched call equals the call on column j alone, bit for bit."""

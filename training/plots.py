@@ -35,7 +35,7 @@ def plot_run(records: list[dict], out_dir: Path, config=None) -> list[Path]:
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.set_layout_engine("constrained")  # tight_layout warned (and gave up) on the many-panel RHN gate plots
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -73,7 +73,8 @@ def _tensor_label(name: str) -> str:
     if m:
         return f"W_{m.group(1)}"
     layer = LAYER.search(name)
-    return name[layer.end():] if layer else name
+    rest = name[layer.end():] if layer else name
+    return rest.removesuffix(".weight") or rest
 
 
 def plot_gate_density(records: list[dict], out_dir: Path, config=None) -> Path | None:
@@ -89,11 +90,13 @@ def plot_gate_density(records: list[dict], out_dir: Path, config=None) -> Path |
     by_layer: dict[int, list[str]] = {}
     for n in series:  # the trainer's order: per layer W_ih before W_hh
         by_layer.setdefault(int(LAYER.search(n).group(1)), []).append(n)
-    layers = sorted(by_layer)
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), sharey=True, squeeze=False)
+    # a panel per layer, or per four of its tensors (one line style each; the RHN has depth + 1 per layer)
+    panels = [(layer, by_layer[layer][k:k + len(STYLES)]) for layer in sorted(by_layer)
+              for k in range(0, len(by_layer[layer]), len(STYLES))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.6), sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, layer in zip(axes[0], layers):
-        for i, name in enumerate(by_layer[layer]):
+    for ax, (layer, names_here) in zip(axes[0], panels):
+        for i, name in enumerate(names_here):
             points = series[name]
             steps = sorted(points)
             n_gates = len(points[steps[0]])
@@ -106,12 +109,9 @@ def plot_gate_density(records: list[dict], out_dir: Path, config=None) -> Path |
         ax.set_title(f"layer {layer}")
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: lines stay clear
     axes[0][0].set_ylabel("density")
-    axes[0][-1].legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # keep lines clear
-    first = by_layer[layers[0]]
-    styles = ", ".join(f"{_tensor_label(n)} {('solid', 'dashed', 'dotted', 'dash-dot')[i % 4]}"
-                       for i, n in enumerate(first))
-    fig.suptitle(f"per-gate density: {styles}", fontsize=10)
+    fig.suptitle("per-gate density (line style: tensor, colour: gate)", fontsize=10)
     return _save(fig, out_dir / "gate_density.png")
 
 

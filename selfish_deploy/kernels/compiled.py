@@ -14,6 +14,9 @@ from . import reference
 from .matrix import Matrix
 
 BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyTorch's BLAS beats any kernel of ours
+# ... except in the recurrence, whose per-step GEMMs are small: ours measured 1.36x faster at batch 8 (the
+# reference model's W_hh, 2 threads), 0.71-1.18x at 16-64, 0.45x at 128 (benchmarks/RESULTS.md, density 1.0).
+BLAS_BATCH = 16
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -146,7 +149,7 @@ class CompiledKernels:
     def recurrent(self, cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tensor, T: int, B: int,
                   h: torch.Tensor, c: torch.Tensor | None, out: torch.Tensor | None = None, g_rows: bool = False):
         H = w_hh.cols
-        if not w_hh.is_sparse and B >= BLAS_COLUMNS:
+        if not w_hh.is_sparse and B >= BLAS_BATCH:
             return reference.recurrent(cell, w_hh, b_hh, g, T, B, h, c, g_rows=g_rows)
         if w_hh.rows != GATES[cell] * H:
             raise ValueError(f"{cell}: W_hh has {w_hh.rows} rows, expected {GATES[cell]} x {H}")

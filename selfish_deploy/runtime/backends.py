@@ -72,12 +72,8 @@ class SparseBackend(Backend):
         def vector(name: str) -> torch.Tensor:
             return exported.dense[name].to(dev, torch.float32).contiguous()
 
-        # An export with no sparse matrix at all (density 1.0): sequences go through nn.LSTM/GRU/RNN (PyTorch's
-        # fused dense recurrence beats ours there); single steps stay on our kernels. The kernels' matrices are
-        # the module's own parameters: no second copy.
-        self.dense = DenseBackend(exported, device, threads) if not exported.sparse else None
-        if self.dense is not None:  # the export then holds the module's tensors: the loaded copies are freed
-            exported.dense.update({n: p.detach() for n, p in self.dense.model.named_parameters()})
+        # Matrices the export kept dense (density 1.0) run on the same kernels: batch-1 products eight rows at
+        # a time, the GEMMs of many columns through PyTorch's BLAS (kernels/compiled.py).
         trunk, head = sparse_parts(exported.model_config)
         self.trunk = trunk(exported, matrix, vector, self.kernels)
         self.head = head(exported, matrix, vector, self.kernels)
@@ -86,8 +82,6 @@ class SparseBackend(Backend):
 
     def forward(self, tokens, state):
         T, B = tokens.shape
-        if self.dense is not None and T * B > 1:
-            return self.dense.forward(tokens, state)
         if T * B == 1 and self.step is not None and self.step.usable(state):
             logp, layers = self.step(int(tokens[0, 0]), state)
             return logp.view(1, 1, -1), State(layers)
@@ -96,14 +90,12 @@ class SparseBackend(Backend):
 
     def forward_last(self, tokens, state):
         T, B = tokens.shape
-        if T == 1 or self.dense is not None:
+        if T == 1:
             return Backend.forward_last(self, tokens, state)
         x, state = self.trunk(tokens, state)  # the decoder runs on the last step's columns only
         return self.head(x[:, (T - 1) * B:].contiguous(), full=True)["logprobs"], state
 
     def score(self, tokens, targets, state, top1=False, columns=None):
-        if self.dense is not None:
-            return Backend.score(self, tokens, targets, state, top1, columns)
         x, state = self.trunk(tokens, state)
         tg = targets.reshape(-1).to(x.device, torch.int64)
         if columns is not None:

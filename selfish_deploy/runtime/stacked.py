@@ -8,7 +8,7 @@ The first layer's input projection only ever sees rows of the embedding, so ``W_
 every word ``v`` once, at load, by the same kernel, and looked up afterwards (the *input table*): the kernels
 compute each column in the same order whatever the other columns, so the numbers are the same bit for bit,
 and a generation step skips the first layer's input product (13% of the reference 2x650 model's non-zeros).
-It is built when W_ih0 is sparse and the table fits ``INPUT_TABLE_BYTES``.
+It is built when the table fits ``INPUT_TABLE_BYTES``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class StackedTrunk:
             self.layers.append((matrix(p + "weight_ih_l0"), proj_bias, matrix(p + "weight_hh_l0"), cell_bias))
         w_ih0 = self.layers[0][0]
         fits = cfg.vocab_size * w_ih0.rows * 4 <= INPUT_TABLE_BYTES
-        self.table = self._input_table() if w_ih0.is_sparse and fits else None
+        self.table = self._input_table() if fits else None
 
     def _input_table(self) -> torch.Tensor:
         """(V, G*H): row v = W_ih0 E[v] + bias, as the first layer's projection computes it for word v."""

@@ -229,21 +229,43 @@ static inline void dot_cols(const Row& row, const float* X, int64_t ldx, int64_t
     }
 }
 
-// Dense rows at batch 1: contiguous, so vectorised along the row (32 partial sums, then a fixed tree).
+// Dense rows at batch 1, eight at a time: rows [0, nr) (nr <= 8) of a row-major matrix (row stride ld) times
+// x (n): one 8-lane accumulator per row along the row (the last n % 8 columns masked), x loaded once for all
+// eight, then lane l = row l's lanes summed as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); lanes past nr are 0.
+// A row's sum does not depend on which rows share the call, so every batch-1 path gives the same bits.
 // Dense weights are the exception to the canonical order (see README): at batch > 1 they use dot_block.
-static inline float dense_dot1(const float* w, const float* x, int64_t n) {
-    vf8 a = {}, b = {}, c = {}, d = {};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a = vfmadd(vload(w + i), vload(x + i), a);
-        b = vfmadd(vload(w + i + 8), vload(x + i + 8), b);
-        c = vfmadd(vload(w + i + 16), vload(x + i + 16), c);
-        d = vfmadd(vload(w + i + 24), vload(x + i + 24), d);
+static inline vf8 lane_sums8(const vf8* a) {
+#if SD_AVX2
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps((__m256)a[0], (__m256)a[1]), _mm256_hadd_ps((__m256)a[2], (__m256)a[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps((__m256)a[4], (__m256)a[5]), _mm256_hadd_ps((__m256)a[6], (__m256)a[7]));
+    return (vf8)_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+#else
+    vf8 s;
+    for (int l = 0; l < 8; ++l) {
+        const vf8& v = a[l];
+        s[l] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
     }
-    vf8 s = (a + b) + (c + d);
-    float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    for (; i < n; ++i) t = fmadd(w[i], x[i], t);
-    return t;
+    return s;
+#endif
+}
+
+static inline vf8 dense_rows8(const float* w, int64_t ld, int64_t n, const float* x, int nr) {
+    const float* row[8];
+    for (int l = 0; l < 8; ++l) row[l] = w + (l < nr ? l : 0) * ld;  // past nr: row 0 again, lane zeroed
+    vf8 acc[8] = {};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const vf8 xv = vload(x + i);
+        for (int l = 0; l < 8; ++l) acc[l] = vfmadd(vload(row[l] + i), xv, acc[l]);
+    }
+    if (i < n) {
+        const int m = (int)(n - i);
+        const vf8 xv = vload_n(x + i, m);
+        for (int l = 0; l < 8; ++l) acc[l] = vfmadd(vload_n(row[l] + i, m), xv, acc[l]);
+    }
+    vf8 s = lane_sums8(acc);
+    for (int l = nr; l < 8; ++l) s[l] = 0.f;
+    return s;
 }
 
 // dot_cols of two rows at once: 32-column blocks through dot_block2, the rest row by row.
