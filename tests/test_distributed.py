@@ -48,8 +48,8 @@ def test_two_processes_stay_identical_and_match_one(tmp_path, data_dir):
     from selfish_deploy.training.methods import METHODS
 
     method = "selfish" if "selfish" in METHODS else "static"
-    args = [*TINY_TRAIN_ARGS, "--data-dir", str(data_dir), "--method", method, "--update-every", "40",
-            "--asgd-after", "1", "--epochs", "2", "--dropout", "0",
+    args = [*TINY_TRAIN_ARGS, "--data-dir", str(data_dir), "--method", method, "--update-every", "15",
+            "--max-batches", "40", "--asgd-after", "1", "--epochs", "2", "--dropout", "0",
             # a gentle rate and no clipping: rounding differences stay at rounding size (at --lr 20 they
             # grow to ~1e-4 within an epoch), and a mis-scaled averaged gradient would show
             "--lr", "2", "--clip", "1000"]

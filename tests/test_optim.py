@@ -237,7 +237,7 @@ def test_resume_in_the_averaged_phase_is_exact(tmp_path, data_dir):
 
     method = "selfish" if "selfish" in METHODS else "static"
     args = [*TINY_TRAIN_ARGS, "--data-dir", str(data_dir), "--method", method, "--optimizer", "snt-asgd",
-            "--asgd-after", "1", "--update-every", "40", "--epochs", "3"]
+            "--asgd-after", "1", "--update-every", "15", "--max-batches", "40", "--epochs", "3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main([*args, "--out", str(straight)]) == 0
     assert main([*args, "--out", str(split), "--stop-after-epoch", "2"]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN_ARGS
 from matplotlib.image import imread
 
 from selfish_deploy.training.plots import plot_run
@@ -56,3 +57,19 @@ def test_static_run_still_plots_and_empty_run_plots_nothing(tmp_path):
     static = [r for r in synthetic_run() if r["event"] != "topology"]
     assert [p.name for p in plot_run(static, tmp_path / "static")] == list(PLOTS)
     assert plot_run([], tmp_path / "empty") == [] and not (tmp_path / "empty").exists()
+
+
+@pytest.mark.parametrize("every,calls", [(1e9, 2), (0.0, 4)])
+def test_plots_are_redrawn_at_most_once_a_period_and_at_the_end(tmp_path, data_dir, monkeypatch, every, calls):
+    """Drawing takes about a second: after the first epoch, then only when PLOT_EVERY_S has passed, and once
+    at the end (three short epochs: epoch 1 + end, or every epoch + end)."""
+    from selfish_deploy.training import trainer
+    from selfish_deploy.training.cli import main
+
+    drawn = []
+    monkeypatch.setattr(trainer, "PLOT_EVERY_S", every)
+    monkeypatch.setattr(trainer, "plot_run", lambda records, *a, **k: drawn.append(len(records)) or [])
+    args = [*TINY_TRAIN_ARGS, "--data-dir", str(data_dir), "--epochs", "3", "--max-batches", "3",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert len(drawn) == calls and drawn == sorted(drawn)

@@ -40,6 +40,8 @@ from .distributed import World
 from .methods import get_method
 from .optim import build_optimizer
 from .plots import plot_run
+
+PLOT_EVERY_S = 60.0  # the plots are redrawn after an epoch when this long has passed (and at the end): ~1 s each time
 from .regularization import add_ar_tar, loop_options, scaled_lr
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                        "lr": optimizer.param_groups[0]["lr"], "phase": getattr(optimizer, "phase", "sgd"),
                        **update})
 
+    last_plot = -math.inf  # the first epoch's plots are drawn at once
     while loop.epoch < cfg.epochs:
         epoch = loop.epoch + 1
         model.train()
@@ -301,7 +304,10 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                         **({"ranks": rank_rng} if world.enabled else rank_rng[0])},
                 "loop": vars(loop).copy(), "metrics_lines": len(metrics.records),
             })
-            plot_run(metrics.records, out / "plots", model_cfg)
+            stopping = cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch
+            if stopping or time.monotonic() - last_plot >= PLOT_EVERY_S:
+                plot_run(metrics.records, out / "plots", model_cfg)
+                last_plot = time.monotonic()
         if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch < cfg.epochs:
             log.info("stopping after epoch %d as asked; continue with --resume %s", epoch, out)
             return run_config
