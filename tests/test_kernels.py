@@ -216,6 +216,60 @@ def test_reference_decoder_in_blocks_equals_one_block(monkeypatch):
 
 
 @needs_compiled
+@pytest.mark.parametrize("rows,block", [(300, 300), (4 * 100, 100), (41, 41)])
+def test_sell_layout_sorts_rows_within_windows(rows, block):
+    """SELL-8-sigma: perm permutes each window of sigma rows (within its block), longest rows first; every
+    slice of 8 positions is as long as its longest row, so the stored entries are fewer than unsorted."""
+    from selfish_deploy.kernels.matrix import sell_sigma
+
+    w, dense = weight(rows, 70, 0.2, seed=rows)
+    ptr, col, val, perm = w.sell(block)
+    sigma = sell_sigma(rows, block)
+    lengths = (dense != 0).sum(1)
+    for b0 in range(0, rows, block):
+        for w0 in range(b0, b0 + block, sigma):
+            w1 = min(b0 + block, w0 + sigma)
+            window = perm[w0:w1].long()
+            assert sorted(window.tolist()) == list(range(w0, w1))
+            assert torch.all(lengths[window][:-1] >= lengths[window][1:])
+    widths, unsorted = [], 0
+    for b0 in range(0, rows, block):
+        for p0 in range(b0, b0 + block, 8):
+            widths.append(int(lengths[perm[p0:min(p0 + 8, b0 + block)].long()].max()))
+            unsorted += 8 * int(lengths[p0:min(p0 + 8, b0 + block)].max())
+    assert torch.equal(ptr.diff(), 8 * torch.tensor(widths))
+    assert col.numel() == val.numel() == 8 * sum(widths) <= unsorted
+    if rows >= 100:
+        assert 8 * sum(widths) < unsorted
+
+
+@needs_compiled
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_batch1_recurrence_over_several_sorted_windows(cell):
+    """H = 100 (windows of 32 units, the last of 4; two threads each own whole windows): one sequence alone
+    equals PyTorch and is bit for bit its column of a batch of 9."""
+    k = kernels_for("cpu", 2)
+    k.set_min_work(0)
+    try:
+        H, T = 100, 4
+        gates = 4 if cell == "lstm" else 3
+        w_hh, dense = weight(gates * H, H, 0.3, seed=8, values=torch.float16)
+        g, h, c = torch.randn(gates * H, T * 9) * 0.5, torch.randn(H, 9) * 0.5, torch.randn(H, 9)
+        b_hh = torch.randn(gates * H) if cell == "gru" else None
+        c_in = c if cell == "lstm" else None
+        out, _, _ = k.recurrent(cell, w_hh, b_hh, g, T, 9, h, c_in)
+        for b in (0, 5):
+            col = g.view(gates * H, T, 9)[:, :, b].contiguous()
+            hb, cb = h[:, b:b + 1].contiguous(), (c[:, b:b + 1].contiguous() if cell == "lstm" else None)
+            one, _, _ = k.recurrent(cell, w_hh, b_hh, col, T, 1, hb, cb, out=poisoned(H, T))
+            assert torch.equal(out.view(H, T, 9)[:, :, b], one)
+            ref, _, _ = REF.recurrent(cell, w_hh, b_hh, col, T, 1, hb, cb)
+            assert rel_err(one, ref) < TOL
+    finally:
+        k.set_min_work(32768)
+
+
+@needs_compiled
 def test_a_column_does_not_depend_on_its_batch():
     """The canonical sum order: column j of a batched call equals the call on column j alone, bit for bit."""
     k = kernels_for("cpu", 2)

@@ -11,7 +11,7 @@ import ctypes
 import torch
 
 from . import reference
-from .matrix import Matrix
+from .matrix import Matrix, sell_sigma
 
 BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyTorch's BLAS beats any kernel of ours
 # ... except in the recurrence, whose per-step GEMMs are small: ours measured 1.36x faster at batch 8 (the
@@ -29,7 +29,7 @@ class SdMatrix(ctypes.Structure):
                 ("index_bits", ctypes.c_int32), ("value_type", ctypes.c_int32), ("reserved", ctypes.c_int32),
                 ("crow", ctypes.c_void_p), ("col", ctypes.c_void_p), ("val", ctypes.c_void_p),
                 ("sell_ptr", ctypes.c_void_p), ("sell_col", ctypes.c_void_p), ("sell_val", ctypes.c_void_p),
-                ("sell_block", ctypes.c_int64)]
+                ("sell_block", ctypes.c_int64), ("sell_perm", ctypes.c_void_p), ("sell_sigma", ctypes.c_int64)]
 
 
 class SdStackLayer(ctypes.Structure):
@@ -72,12 +72,13 @@ def struct(w: Matrix, block_rows: int | None = None) -> SdMatrix:
         if w.is_sparse:
             if w.values.dtype not in VALUE_TYPES or w.col.dtype not in INDEX_BITS:
                 raise ValueError(f"unsupported CSR dtypes {w.col.dtype}/{w.values.dtype}")
-            sell = [t.data_ptr() for t in w.sell(block_rows)] if block_rows else [None, None, None]
+            ptr, col, val, perm = [t.data_ptr() for t in w.sell(block_rows)] if block_rows else [None] * 4
             w._struct[block_rows] = SdMatrix(w.rows, w.cols, 0, INDEX_BITS[w.col.dtype], VALUE_TYPES[w.values.dtype], 0,
-                                 w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr(), *sell, block_rows)
+                                             w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr(), ptr, col, val,
+                                             block_rows, perm, sell_sigma(w.rows, block_rows) if block_rows else 8)
         else:
             w._struct[block_rows] = SdMatrix(w.rows, w.cols, 1, 0, 0, 0, None, None, w.dense.data_ptr(), None,
-                                             None, None, 0)
+                                             None, None, 0, None, 8)
     return w._struct[block_rows]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch  # noqa: F401  loaded first: the kernels then share PyTorch's OpenMP runtime (one thread pool)
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 HERE = Path(__file__).resolve().parent
 
 
@@ -50,6 +50,7 @@ def load() -> tuple[ctypes.CDLL | None, str]:
     for name in ("sd_isa", "sd_build"):
         getattr(lib, name).restype = ctypes.c_char_p
     vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.sd_sell_offsets.argtypes = [vp, i64, i64, vp]
-    lib.sd_sell_fill.argtypes = [vp, vp, vp, i64, i64, i32, i32, vp, vp, vp]
+    lib.sd_sell_perm.argtypes = [vp, i64, i64, i64, vp]
+    lib.sd_sell_offsets.argtypes = [vp, vp, i64, i64, vp]
+    lib.sd_sell_fill.argtypes = [vp, vp, vp, vp, i64, i64, i32, i32, vp, vp, vp]
     return lib, f"loaded {path.name}"

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 
 #include <omp.h>
@@ -53,7 +54,7 @@ double sd_min_work = 32768.0;  // multiply-adds per thread below which a kernel 
 
 void sd_set_min_work(double w) { sd_min_work = w; }
 
-int sd_abi_version() { return 4; }
+int sd_abi_version() { return 5; }
 
 const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
 
@@ -91,19 +92,34 @@ int sd_cpu_features(char* buf, int n) {  // the features the kernels look at, as
 
 int sd_max_threads() { return omp_get_max_threads(); }
 
-// SELL-8 layout of a CSR matrix (see matrix.h), built without temporaries: sd_sell_offsets fills the slice
+// SELL-8-sigma layout of a CSR matrix (see matrix.h), built without temporaries: sd_sell_perm sorts each window
+// of sigma rows by length (longest first, ties by row) into perm (rows entries); sd_sell_offsets fills the slice
 // offsets ptr (n_slices + 1 entries, n_slices = rows / block * ceil(block / 8)); sd_sell_fill copies the
 // entries into col/val (ptr[n_slices] entries each, zeroed by the caller). Index and value element sizes in
 // bytes: 2 or 4.
-int sd_sell_offsets(const int32_t* crow, int64_t rows, int64_t block, int64_t* ptr) {
+int sd_sell_perm(const int32_t* crow, int64_t rows, int64_t block, int64_t sigma, int32_t* perm) {
+    if (block <= 0 || rows % block || sigma <= 0 || sigma % 8) return 1;
+    for (int64_t b0 = 0; b0 < rows; b0 += block) {
+        for (int64_t w0 = b0; w0 < b0 + block; w0 += sigma) {
+            const int64_t w1 = std::min(b0 + block, w0 + sigma);
+            for (int64_t r = w0; r < w1; ++r) perm[r] = (int32_t)r;
+            std::stable_sort(perm + w0, perm + w1, [&](int32_t a, int32_t b) {
+                return crow[a + 1] - crow[a] > crow[b + 1] - crow[b];
+            });
+        }
+    }
+    return 0;
+}
+
+int sd_sell_offsets(const int32_t* crow, const int32_t* perm, int64_t rows, int64_t block, int64_t* ptr) {
     if (block <= 0 || rows % block) return 1;
     int64_t s = 0;
     ptr[0] = 0;
     for (int64_t b0 = 0; b0 < rows; b0 += block) {
-        for (int64_t r0 = b0; r0 < b0 + block; r0 += 8, ++s) {
+        for (int64_t p0 = b0; p0 < b0 + block; p0 += 8, ++s) {
             int64_t width = 0;
-            for (int64_t r = r0; r < r0 + 8 && r < b0 + block; ++r) {
-                const int64_t n = crow[r + 1] - crow[r];
+            for (int64_t p = p0; p < p0 + 8 && p < b0 + block; ++p) {
+                const int64_t r = perm[p], n = crow[r + 1] - crow[r];
                 width = n > width ? n : width;
             }
             ptr[s + 1] = ptr[s] + 8 * width;
@@ -112,12 +128,12 @@ int sd_sell_offsets(const int32_t* crow, int64_t rows, int64_t block, int64_t* p
     return 0;
 }
 
-int sd_sell_fill(const int32_t* crow, const void* col, const void* val, int64_t rows, int64_t block, int index_bytes,
-                 int value_bytes, const int64_t* ptr, void* sell_col, void* sell_val) {
+int sd_sell_fill(const int32_t* crow, const int32_t* perm, const void* col, const void* val, int64_t rows,
+                 int64_t block, int index_bytes, int value_bytes, const int64_t* ptr, void* sell_col, void* sell_val) {
     if (block <= 0 || rows % block) return 1;
     const int64_t per_block = (block + 7) / 8;
-    for (int64_t r = 0; r < rows; ++r) {
-        const int64_t within = r % block, slice = (r / block) * per_block + within / 8, lane = within % 8;
+    for (int64_t q = 0; q < rows; ++q) {  // position q holds row perm[q]
+        const int64_t r = perm[q], within = q % block, slice = (q / block) * per_block + within / 8, lane = within % 8;
         for (int64_t p = crow[r], i = 0; p < crow[r + 1]; ++p, ++i) {
             const int64_t dst = ptr[slice] + 8 * i + lane;
             std::memcpy((char*)sell_col + dst * index_bytes, (const char*)col + p * index_bytes, index_bytes);

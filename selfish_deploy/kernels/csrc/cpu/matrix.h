@@ -23,13 +23,17 @@ struct sd_matrix {
     const int32_t* crow;
     const void* col;
     const void* val;
-    // The same matrix as SELL-8 (optional, for batch 1): rows in slices of 8 within blocks of sell_block rows
-    // (a gate's rows, for a recurrent matrix), each slice padded to its longest row, entry i of the slice's 8
-    // rows stored together: sell_col/sell_val[sell_ptr[s] + 8 * i + lane]. Padding is column 0, value 0.
+    // The same matrix as SELL-8-sigma (optional, for batch 1): within blocks of sell_block rows (a gate's rows,
+    // for a recurrent matrix), windows of sell_sigma rows sorted by length (longest first), then slices of 8
+    // of those positions, each slice padded to its longest row (so sorting cuts the padding: 17% -> 3-4% at
+    // density 0.1), entry i of the slice's 8 rows stored together: sell_col/sell_val[sell_ptr[s] + 8 * i +
+    // lane]. Padding is column 0, value 0. sell_perm[p]: the row at position p (within p's window).
     const int64_t* sell_ptr;
     const void* sell_col;
     const void* sell_val;
     int64_t sell_block;
+    const int32_t* sell_perm;
+    int64_t sell_sigma;
 };
 
 // A stacked LSTM/GRU/RNN language model for one generation step at batch 1 (sd_stack_step): per layer the
@@ -82,10 +86,14 @@ struct Csr {
     const I* sell_col;
     const V* sell_val;
     int64_t sell_block;
+    const int32_t* sell_perm;
+    int64_t sell_sigma;
     explicit Csr(const sd_matrix& m)
         : crow(m.crow), col((const I*)m.col), val((const V*)m.val), rows(m.rows), cols(m.cols),
           sell_ptr(m.sell_ptr), sell_col((const I*)m.sell_col), sell_val((const V*)m.sell_val),
-          sell_block(m.sell_block) {}
+          sell_block(m.sell_block), sell_perm(m.sell_perm), sell_sigma(m.sell_perm ? m.sell_sigma : 8) {}
+    int64_t row_at(int64_t p) const { return sell_perm ? sell_perm[p] : p; }  // the row rows8 puts at position p
+    int64_t window() const { return sell_sigma; }
     CsrRow<I, V> row(int64_t r) const {
         int64_t b = crow[r];
         return {col + b, val + b, (int64_t)crow[r + 1] - b};
@@ -106,6 +114,8 @@ struct Dense {
     int64_t rows, cols;
     explicit Dense(const sd_matrix& m) : w((const float*)m.val), rows(m.rows), cols(m.cols) {}
     DenseRow row(int64_t r) const { return {w + r * cols, cols}; }
+    int64_t row_at(int64_t p) const { return p; }
+    int64_t window() const { return 8; }
     int64_t row_nnz(int64_t) const { return cols; }
     int64_t row_prefix(int64_t r) const { return r * cols; }
 };
@@ -120,9 +130,10 @@ static inline float dot1(const Row& row, const float* X, int64_t ldx) {
     return s;
 }
 
-// dot1 of 8 consecutive rows [r0, r0 + 8) with one column of X: out[k] equals dot1(row r0 + k) bit for bit,
-// but the 8 sums are independent chains (lanes), so the loop runs at the loads' pace, not the adds' latency.
-// r0 starts a SELL slice (a multiple of 8 within its block); rows past the block's end come out as 0.
+// dot1 of the 8 rows at SELL positions [r0, r0 + 8) with one column of X: out[k] equals dot1(row_at(r0 + k))
+// bit for bit, but the 8 sums are independent chains (lanes), so the loop runs at the loads' pace, not the
+// adds' latency. r0 starts a slice (a multiple of 8 within its block); positions past the block's end come out
+// as 0.
 #if SD_AVX2
 static inline __m256 load8_values(const float* v) { return _mm256_loadu_ps(v); }
 static inline __m256 load8_values(const _Float16* v) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)v)); }
