@@ -15,7 +15,7 @@ from .matrix import Matrix, sell_sigma
 
 BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyTorch's BLAS beats any kernel of ours
 # ... except in the recurrence, whose per-step GEMMs are small: ours measured 1.36x faster at batch 8 (the
-# reference model's W_hh, 2 threads), 0.71-1.18x at 16-64, 0.45x at 128 (benchmarks/RESULTS.md, density 1.0).
+# reference model's W_hh, 2 threads, one process, 2,048 columns), 0.71-1.18x at 16-64, 0.45x at 128.
 BLAS_BATCH = 16
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
