@@ -124,6 +124,28 @@ def test_fused_batch1_step_equals_the_kernel_sequence(exports, arch, density, dt
     assert torch.equal(lm.forward(torch.tensor([[3]]), odd)[0], lm.forward(torch.tensor([[3]]), fused)[0])
 
 
+@pytest.mark.skipif(not kernels.compiled_available(), reason="compiled kernels not built")
+def test_engine_one_token_fast_path_equals_the_general_path(exports):
+    """SparseLM.forward on one token with a state goes straight to the compiled step (no inference-mode
+    context, no tensor indexing): the same numbers and state as the backend's general path."""
+    lm = SparseLM.load(exports("lstm", 0.33))
+    gen = torch.Generator().manual_seed(9)
+    state = lm.init_state(1).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
+    calls = []
+    real = lm.backend.step_token
+    lm.backend.step_token = lambda token, st: calls.append(token) or real(token, st)
+    fast, fast_state = lm.forward(torch.tensor([[7]]), state)
+    assert calls == [7]
+    with torch.inference_mode():
+        x, slow_state = lm.backend.trunk(torch.tensor([[7]]), state)
+        slow = lm.backend.head(x, full=True)["logprobs"].view(1, 1, -1)
+    assert torch.equal(fast, slow) and fast.shape == (1, 1, 41)
+    assert all(torch.equal(a, b) for a, b in zip(fast_state.tensors(), slow_state.tensors()))
+    strided = state.map(lambda t: torch.stack([t, t], -1)[..., 0])  # not the step's layout: the general path
+    assert torch.equal(lm.forward(torch.tensor([[7]]), strided)[0], fast)
+    assert calls == [7, 7, 7]  # declined by the engine's fast path, then by the backend's: the general path ran
+
+
 def test_fallback_kernels_equal_compiled(exports, monkeypatch):
     path = exports("lstm", 0.33)
     compiled = SparseLM.load(path)

@@ -236,28 +236,32 @@ class StackStep:
         self._stack = SdStack(CELLS[cell], len(layers), ctypes.pointer(struct(encoder, 0)), _ptr(table),
                               self._layers, ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
         self._n = len(layers)
+        self._arr = ctypes.c_void_p * len(layers)
+        self._shapes = [(1, H) for H in self.widths]
 
     def usable(self, layer_states) -> bool:
-        """Whether a state is in the layout the call reads: per layer (1, H) contiguous fp32 CPU tensors."""
-        for s, H in zip(layer_states, self.widths):
-            for t in (s if isinstance(s, tuple) else (s,)):
-                if t.dtype != torch.float32 or t.device.type != "cpu" or t.shape != (1, H) or not t.is_contiguous():
+        """Whether a state is in the layout the call reads: per layer (1, H) contiguous fp32 CPU tensors.
+        (Checked at every step: the cheapest attribute tests first, ~0.4 µs a tensor.)"""
+        f32 = torch.float32
+        for s, shape in zip(layer_states, self._shapes):
+            for t in (s if type(s) is tuple else (s,)):
+                if t.dtype is not f32 or not t.is_cpu or t.shape != shape or not t.is_contiguous():
                     return False
         return True
 
     def __call__(self, token: int, layer_states) -> tuple[torch.Tensor, list]:
         """Log-probabilities (V,) after ``token`` and the new per-layer state, ``h`` or ``(h, c)``, each (1, H)."""
-        n = self._n
-        arr = ctypes.c_void_p * n
-        h_in = arr(*[(s[0] if self.lstm else s).data_ptr() for s in layer_states])
-        new_h = [torch.empty(1, H) for H in self.widths]
-        h_out = arr(*[t.data_ptr() for t in new_h])
+        arr = self._arr
+        new_h = [torch.empty(shape) for shape in self._shapes]
         if self.lstm:
+            new_c = [torch.empty(shape) for shape in self._shapes]
+            h_in = arr(*[s[0].data_ptr() for s in layer_states])
             c_in = arr(*[s[1].data_ptr() for s in layer_states])
-            new_c = [torch.empty(1, H) for H in self.widths]
             c_out = arr(*[t.data_ptr() for t in new_c])
         else:
+            h_in = arr(*[s.data_ptr() for s in layer_states])
             c_in = c_out = None
+        h_out = arr(*[t.data_ptr() for t in new_h])
         out = torch.empty(self.vocab)
         self.kernels._ok(self.kernels.lib.sd_stack_step(ctypes.byref(self._stack), token, h_in, c_in, h_out, c_out,
                                                        _ptr(out), self.kernels.threads), "stack_step")

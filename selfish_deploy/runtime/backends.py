@@ -80,11 +80,20 @@ class SparseBackend(Backend):
         fused = getattr(self.trunk, "fused_step", None)
         self.step = fused(self.head) if fused is not None else None  # batch 1 in one compiled call
 
+    def step_token(self, token: int, state):
+        """One token of one sequence through the compiled batch-1 step: (logprobs (1, 1, V), state), or None
+        when there is none or ``state`` is not in its layout (the engine's fast path for generation)."""
+        if self.step is None or not self.step.usable(state):
+            return None
+        logp, layers = self.step(token, state)
+        return logp.view(1, 1, -1), State(layers)
+
     def forward(self, tokens, state):
         T, B = tokens.shape
-        if T * B == 1 and self.step is not None and self.step.usable(state):
-            logp, layers = self.step(int(tokens[0, 0]), state)
-            return logp.view(1, 1, -1), State(layers)
+        if T * B == 1:
+            out = self.step_token(int(tokens[0, 0]), state)
+            if out is not None:
+                return out
         x, state = self.trunk(tokens, state)
         return self.head(x, full=True)["logprobs"].view(T, B, -1), state
 

@@ -102,18 +102,23 @@ class SparseLM(HubMixin):
         if bad:
             raise UserError(f"token ids must be integers in [0, {V}), got {bad[:5]}")
 
-    @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, State]:
         """Log-probabilities (T, B, V) of the next token after each of ``tokens`` (T, B), and the new state."""
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise UserError(f"tokens must be an integer tensor (T, B), got {tokens.dtype} {tuple(tokens.shape)}")
+        ids = None
         if tokens.numel():  # a generation step's few ids are checked in Python: two tensor reductions cost more
             ids = tokens.reshape(-1).tolist() if tokens.numel() <= 256 else None
             lo, hi = (min(ids), max(ids)) if ids else (int(v) for v in torch.aminmax(tokens))
             if lo < 0 or hi >= len(self.vocab):
                 raise UserError(f"token ids must be in [0, {len(self.vocab)})")
-        state = self.init_state(tokens.shape[1]) if state is None else State.of(state)
-        return self.backend.forward(tokens.long(), state)
+        if state is not None and ids is not None and len(ids) == 1 and hasattr(self.backend, "step_token"):
+            out = self.backend.step_token(ids[0], State.of(state))  # one step: ~25 µs of Python, not ~45
+            if out is not None:
+                return out
+        with torch.inference_mode():
+            state = self.init_state(tokens.shape[1]) if state is None else State.of(state)
+            return self.backend.forward(tokens.long(), state)
 
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, State]:
