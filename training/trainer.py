@@ -40,11 +40,11 @@ from .distributed import World
 from .methods import get_method
 from .optim import build_optimizer
 from .plots import plot_run
-
-PLOT_EVERY_S = 60.0  # the plots are redrawn after an epoch when this long has passed (and at the end): ~1 s each time
 from .regularization import add_ar_tar, loop_options, scaled_lr
 
 log = logging.getLogger(__name__)
+
+PLOT_EVERY_S = 60.0  # the plots are redrawn after an epoch when this long has passed (and at the end): ~1 s each time
 
 
 def resolve_device(name: str) -> torch.device:
@@ -295,6 +295,7 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
             metrics.write({"event": "sync", "epoch": epoch, "step": loop.step, "world_size": world.size,
                            "digests": digests})
         rank_rng = distributed.gather_objects(rng_state(device), world)  # collective: every rank calls it
+        stopping = cfg.stop_after_epoch is not None and cfg.stop_after_epoch <= epoch < cfg.epochs
         if main:
             save_checkpoint(out, {
                 "weights": dict(model.named_parameters()), "masks": masks.state_dict(),
@@ -304,11 +305,10 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                         **({"ranks": rank_rng} if world.enabled else rank_rng[0])},
                 "loop": vars(loop).copy(), "metrics_lines": len(metrics.records),
             })
-            stopping = cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch
-            if stopping or time.monotonic() - last_plot >= PLOT_EVERY_S:
+            if stopping or time.monotonic() - last_plot >= PLOT_EVERY_S:  # the last epoch's come after the test
                 plot_run(metrics.records, out / "plots", model_cfg)
                 last_plot = time.monotonic()
-        if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch < cfg.epochs:
+        if stopping:
             log.info("stopping after epoch %d as asked; continue with --resume %s", epoch, out)
             return run_config
 

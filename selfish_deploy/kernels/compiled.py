@@ -235,7 +235,6 @@ class StackStep:
             for k, (w_ih, proj_bias, w_hh, cell_bias) in enumerate(layers)])
         self._stack = SdStack(CELLS[cell], len(layers), ctypes.pointer(struct(encoder, 0)), _ptr(table),
                               self._layers, ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
-        self._n = len(layers)
         self._arr = ctypes.c_void_p * len(layers)
         self._shapes = [(1, H) for H in self.widths]
 

@@ -28,6 +28,10 @@ class Backend:
     def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def step_token(self, token: int, state: State) -> tuple[torch.Tensor, State] | None:
+        """A fast path for one token of one sequence: ``forward``'s result, or None (none here; use forward)."""
+        return None
+
     def forward_last(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Log-probabilities (B, V) after the last of ``tokens`` (T, B) only, and the new state (a prefill)."""
         logp, state = self.forward(tokens, state)

@@ -112,7 +112,7 @@ class SparseLM(HubMixin):
             lo, hi = (min(ids), max(ids)) if ids else (int(v) for v in torch.aminmax(tokens))
             if lo < 0 or hi >= len(self.vocab):
                 raise UserError(f"token ids must be in [0, {len(self.vocab)})")
-        if state is not None and ids is not None and len(ids) == 1 and hasattr(self.backend, "step_token"):
+        if state is not None and ids is not None and len(ids) == 1:
             out = self.backend.step_token(ids[0], State.of(state))  # one step: ~25 µs of Python, not ~45
             if out is not None:
                 return out

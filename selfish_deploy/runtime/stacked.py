@@ -8,7 +8,8 @@ The first layer's input projection only ever sees rows of the embedding, so ``W_
 every word ``v`` once, at load, by the same kernel, and looked up afterwards (the *input table*): the kernels
 compute each column in the same order whatever the other columns, so the numbers are the same bit for bit,
 and a generation step skips the first layer's input product (13% of the reference 2x650 model's non-zeros).
-It is built when the table fits ``INPUT_TABLE_BYTES``.
+It is built when the table fits ``INPUT_TABLE_BYTES``. (A dense W_ih0's products of many columns are BLAS's,
+whose blocking depends on the batch: its table equals a per-call product to rounding, and is then always used.)
 """
 
 from __future__ import annotations
