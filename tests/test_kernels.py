@@ -25,15 +25,17 @@ def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
 
-def weight(rows, cols, density, seed, index=torch.uint16, values=torch.float32, empty_row=True, full_row=True):
-    """A CSR Matrix and its dense fp32 equivalent (after the values' rounding), with an empty and a full row."""
+def weight(rows, cols, density, seed, index=torch.uint16, values=torch.float32, empty_row=True, full_row=True,
+           scale=1.0):
+    """A CSR Matrix and its dense fp32 equivalent (after the values' rounding), with an empty and a full row;
+    values N(0, scale^2)."""
     g = torch.Generator().manual_seed(seed)
     mask = random_mask((rows, cols), round(density * rows * cols), g)
     if empty_row and rows > 2:
         mask[1] = False
     if full_row and rows > 2 and density > 0:
         mask[rows - 1] = True
-    w = torch.randn(rows, cols, generator=g) * mask
+    w = torch.randn(rows, cols, generator=g) * scale * mask
     csr = CSR.from_masked(w, mask, values)
     csr = CSR(csr.crow_indices, csr.col_indices.to(index), csr.values, csr.shape)
     return Matrix(csr=csr), csr.to_dense(torch.float32)
@@ -269,6 +271,68 @@ def test_batch1_recurrence_over_several_sorted_windows(cell):
             assert torch.equal(out.view(H, T, 9)[:, :, b], one)
             ref, _, _ = REF.recurrent(cell, w_hh, b_hh, col, T, 1, hb, cb)
             assert rel_err(one, ref) < TOL
+    finally:
+        k.set_min_work(32768)
+
+
+def rhn_by_hand(dense_rs, biases, g, T, B, s):
+    """The coupled highway micro-steps as families/rhn.py's HighwayBlock writes them, on dense matrices, in
+    float64 (a chain of T x L micro-steps: fp32 maths would be a reference as far from the truth as the kernel)."""
+    H, f64 = s.shape[0], torch.float64
+    s, g = s.to(f64), g.to(f64)
+    outs = []
+    for t in range(T):
+        for l, r in enumerate(dense_rs):
+            a = r.to(f64) @ s + (g[:, t * B:(t + 1) * B] if l == 0 else biases[l].to(f64)[:, None])
+            h, tg = torch.tanh(a[:H]), torch.sigmoid(a[H:])
+            s = h * tg + s * (1 - tg)
+        outs.append(s)
+    return torch.cat(outs, 1), s
+
+
+@pytest.mark.parametrize("density,index,values", [(0.0, torch.uint16, torch.float32), (0.05, torch.int32, torch.float16),
+                                                  (0.33, torch.uint16, torch.float16), (0.47, torch.int32, torch.float32),
+                                                  (1.0, torch.uint16, torch.bfloat16)])
+@pytest.mark.parametrize("T,B", [(1, 1), (6, 1), (3, 3), (2, 13), (2, 64)])
+def test_rhn_recurrent_matches_the_highway_equations(compiled, density, index, values, T, B):
+    """T steps of L = 3 coupled micro-steps (H = 44: a partial window and a masked lane group) equal the
+    equations on dense matrices; the reference kernel too; outputs poisoned."""
+    torch.manual_seed(T * 10 + B)
+    H, L = 44, 3
+    made = [weight(2 * H, H, density, seed=l + B, index=index, values=values, scale=0.5) for l in range(L)]
+    rs, dense = [m for m, _ in made], [d for _, d in made]
+    biases = [None] + [torch.randn(2 * H) for _ in range(L - 1)]
+    g, s0 = torch.randn(2 * H, T * B), torch.randn(H, B) * 0.5
+    want_out, want_s = rhn_by_hand(dense, biases, g, T, B, s0)
+    out, s = compiled.rhn_recurrent(rs, biases, g, T, B, s0, out=poisoned(H, T * B))
+    assert not out.isnan().any()
+    assert rel_err(out, want_out) < TOL and rel_err(s, want_s) < TOL
+    assert torch.equal(s, out[:, (T - 1) * B:])
+    r_out, r_s = REF.rhn_recurrent(rs, biases, g, T, B, s0)
+    assert rel_err(r_out, want_out) < TOL and rel_err(r_s, want_s) < TOL
+
+
+@needs_compiled
+@pytest.mark.parametrize("B", [9, 64])
+def test_rhn_sequence_alone_equals_its_column_of_a_batch(B):
+    """H = 100 over several sorted windows on two threads: a sequence alone is bit for bit its column of a
+    batched call; and a dense (density 1.0) layer below BLAS_BATCH runs the compiled loop too."""
+    k = kernels_for("cpu", 2)
+    k.set_min_work(0)
+    try:
+        H, L, T = 100, 4, 5
+        rs = [weight(2 * H, H, 0.4, seed=l, scale=0.5)[0] for l in range(L)]
+        biases = [None] + [torch.randn(2 * H) for _ in range(L - 1)]
+        g, s = torch.randn(2 * H, T * B), torch.randn(H, B) * 0.5
+        out, _ = k.rhn_recurrent(rs, biases, g, T, B, s)
+        for b in (0, B - 1):
+            col = g.view(2 * H, T, B)[:, :, b].contiguous()
+            one, _ = k.rhn_recurrent(rs, biases, col, T, 1, s[:, b:b + 1].contiguous(), out=poisoned(H, T))
+            assert torch.equal(out.view(H, T, B)[:, :, b], one)
+        dense = [Matrix(dense=r.to_dense()) for r in rs]  # two steps: 8 micro-steps of 40 terms each
+        got, _ = k.rhn_recurrent(dense, biases, g[:, :6], 2, 3, s[:, :3].contiguous(), out=poisoned(H, 6))
+        want, _ = rhn_by_hand([r.to_dense() for r in rs], biases, g[:, :6], 2, 3, s[:, :3])
+        assert rel_err(got, want) < TOL
     finally:
         k.set_min_work(32768)
 

@@ -183,8 +183,9 @@ class RHNTrunk(nn.ModuleList):
 class RHNSparseTrunk:
     """The runtime's trunk: tokens (T, B) -> last layer's outputs (H, T*B) feature-major (column t*B + b).
 
-    ``kernels.spmm`` computes W x for all time steps at once and R_l s per micro-step; the gates are torch ops.
-    Equal to ``RHNTrunk``'s eval forward up to float rounding (b_W + b_R0 are folded into the projection)."""
+    ``kernels.spmm`` computes W x for all time steps at once, ``kernels.rhn_recurrent`` the T x L micro-steps
+    (compiled: one call, one barrier per micro-step). Equal to ``RHNTrunk``'s eval forward up to float rounding
+    (b_W + b_R0 are folded into the projection)."""
 
     def __init__(self, exported, matrix, vector, kernels):
         cfg = exported.model_config
@@ -207,19 +208,9 @@ class RHNSparseTrunk:
         x = self.kernels.embed(self.encoder, ids)  # (E, T*B)
         new = []
         for (w, proj_bias, rs, biases), s in zip(self.layers, state):
-            H = rs[0].cols
             g = self.kernels.spmm(w, x, proj_bias)  # (2H, T*B): W x + b_W + b_R0, every time step
             s = s.to(dev, torch.float32).t().contiguous()  # (H, B)
-            out = torch.empty(H, T * B, device=dev)
-            for t in range(T):
-                for l, (r, b) in enumerate(zip(rs, biases)):
-                    a = self.kernels.spmm(r, s, b)  # (2H, B)
-                    if l == 0:
-                        a = g[:, t * B:(t + 1) * B] + a
-                    h, tg = torch.tanh(a[:H]), torch.sigmoid(a[H:])
-                    s = (h * tg + s * (1 - tg)).contiguous()
-                out[:, t * B:(t + 1) * B] = s
-            x = out
+            x, s = self.kernels.rhn_recurrent(rs, biases, g, T, B, s)  # the T x L micro-steps
             new.append(s.t().contiguous())
         return x, State(new)
 

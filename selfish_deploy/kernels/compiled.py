@@ -93,12 +93,14 @@ class CompiledKernels:
         lib.sd_embed.argtypes = [sp, vp, i64, vp, i64]
         lib.sd_recurrent.argtypes = [i32, sp, vp, vp, i64, i32, i64, i64, vp, vp, vp, i64, i32]
         lib.sd_decoder.argtypes = [sp, vp, vp, i64, i64, vp, vp, vp, vp, vp, i32]
-        for f in (lib.sd_spmm, lib.sd_embed, lib.sd_recurrent, lib.sd_decoder):
+        lib.sd_rhn_recurrent.argtypes = [sp, i32, vp, vp, i64, i64, i64, vp, vp, i64, i32]
+        for f in (lib.sd_spmm, lib.sd_embed, lib.sd_recurrent, lib.sd_decoder, lib.sd_rhn_recurrent):
             f.restype = ctypes.c_int
         lib.sd_stack_step.argtypes = [ctypes.POINTER(SdStack), i64, vp, vp, vp, vp, vp, i32]
         lib.sd_stack_step.restype = ctypes.c_int
         lib.sd_set_min_work.argtypes = [ctypes.c_double]
         self.threads = 1
+        self._rhn_args: dict[tuple, tuple] = {}  # the C arrays of an RHN layer's matrices and biases, per layer
 
     def set_min_work(self, work: float) -> None:
         """Multiply-adds per thread below which a call uses fewer threads (process-wide; 0: always all)."""
@@ -176,6 +178,36 @@ class CompiledKernels:
                                            _ptr(h), _ptr(c if cell == "lstm" else None), _ptr(out),
                                            max(T * B, 1), self.threads), "recurrent")
         return out, h, (c if cell == "lstm" else None)
+
+    def rhn_recurrent(self, rs: list[Matrix], biases: list[torch.Tensor | None], g: torch.Tensor, T: int, B: int,
+                      s: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        kinds = {(r.is_sparse, r.col.dtype if r.is_sparse else None, r.values.dtype if r.is_sparse else None)
+                 for r in rs}
+        if len(kinds) > 1 or (not rs[0].is_sparse and B >= BLAS_BATCH):  # mixed types; dense GEMMs: BLAS's
+            return reference.rhn_recurrent(rs, biases, g, T, B, s)
+        H = rs[0].cols
+        for l, r in enumerate(rs):
+            if (r.rows, r.cols) != (2 * H, H):
+                raise ValueError(f"rhn: R_{l} is {r.rows} x {r.cols}, expected {2 * H} x {H}")
+            if l:
+                _check(biases[l], f"bias {l}", (2 * H,))
+        ldg = _cols(g, "g", 2 * H)
+        if g.shape[1] < T * B:
+            raise ValueError(f"g has {g.shape[1]} columns, expected T*B = {T * B}")
+        s = s.clone()
+        _check(s, "s", (H, B))
+        out = torch.empty(H, T * B) if out is None else out
+        _check(out, "out", (H, T * B))
+        key = tuple(id(r) for r in rs) + tuple(b.data_ptr() for b in biases[1:])
+        if key not in self._rhn_args:  # kept with the objects they point into
+            mats = (SdMatrix * len(rs))(*[struct(r, H) for r in rs])
+            ptrs = (ctypes.c_void_p * len(rs))(None, *[b.data_ptr() for b in biases[1:]])
+            self._rhn_args[key] = (mats, ptrs, list(rs), list(biases))
+        mats, ptrs = self._rhn_args[key][:2]
+        if T * B:
+            self._ok(self.lib.sd_rhn_recurrent(mats, len(rs), ptrs, _ptr(g), ldg, T, B, _ptr(s), _ptr(out),
+                                               max(T * B, 1), self.threads), "rhn_recurrent")
+        return out, s
 
     def decoder(self, w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
                 full: bool = False, top1: bool = False, out: dict | None = None) -> dict[str, torch.Tensor]:

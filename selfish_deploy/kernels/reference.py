@@ -64,6 +64,24 @@ def recurrent(cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tenso
     return out, h_b.t().contiguous(), (c_b.t().contiguous() if c is not None else None)
 
 
+def rhn_recurrent(rs: list[Matrix], biases: list[torch.Tensor | None], g: torch.Tensor, T: int, B: int,
+                  s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """T steps of a coupled recurrent highway layer (families/rhn.py) over B columns: ``rs`` its L matrices
+    R_l (2H, H), rows [h | t]; ``biases[l]`` (2H,) for l >= 1 (``biases[0]`` is not read: b_R0 is in ``g``);
+    ``g`` (2H, T*B) = W x + b_W + b_R0; ``s`` (H, B). Returns outputs (H, T*B) and the last s."""
+    H = rs[0].cols
+    out = torch.empty(H, T * B, device=g.device)
+    for t in range(T):
+        for l, r in enumerate(rs):
+            a = spmm(r, s, None if l == 0 else biases[l])  # (2H, B)
+            if l == 0:
+                a = g[:, t * B:(t + 1) * B] + a
+            h, tg = torch.tanh(a[:H]), torch.sigmoid(a[H:])
+            s = (h * tg + s * (1 - tg)).contiguous()
+        out[:, t * B:(t + 1) * B] = s
+    return out, s
+
+
 def decoder(w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
             full: bool = False, top1: bool = False) -> dict[str, torch.Tensor]:
     """Log-softmax of ``W X + bias`` per column; returns what was asked among ``target_lp`` (N,),

@@ -16,6 +16,8 @@
     int embed_entry(const sd_matrix*, const int64_t*, int64_t, float*, int64_t);                            \
     int recurrent_entry(int, const sd_matrix*, const float*, const float*, int64_t, int, int64_t, int64_t,  \
                         float*, float*, float*, int64_t, int);                                              \
+    int rhn_recurrent_entry(const sd_matrix*, int, const float* const*, const float*, int64_t, int64_t,      \
+                            int64_t, float*, float*, int64_t, int);                                         \
     int decoder_entry(const sd_matrix*, const float*, const float*, int64_t, int64_t, const int64_t*,       \
                       float*, int64_t*, float*, float*, int);                                               \
     int stack_step_entry(const sd_stack*, int64_t, const float* const*, const float* const*, float* const*,  \
@@ -54,7 +56,7 @@ double sd_min_work = 32768.0;  // multiply-adds per thread below which a kernel 
 
 void sd_set_min_work(double w) { sd_min_work = w; }
 
-int sd_abi_version() { return 5; }
+int sd_abi_version() { return 6; }
 
 const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
 
@@ -155,6 +157,11 @@ int sd_embed(const sd_matrix* E, const int64_t* ids, int64_t N, float* XT, int64
 int sd_recurrent(int cell, const sd_matrix* W, const float* bhh, const float* G, int64_t ldg, int g_rows, int64_t T,
                  int64_t B, float* h, float* c, float* out, int64_t ldo, int nt) {
     return DISPATCH(recurrent_entry(cell, W, bhh, G, ldg, g_rows, T, B, h, c, out, ldo, nt));
+}
+
+int sd_rhn_recurrent(const sd_matrix* R, int L, const float* const* bias, const float* G, int64_t ldg, int64_t T,
+                     int64_t B, float* s, float* out, int64_t ldo, int nt) {
+    return DISPATCH(rhn_recurrent_entry(R, L, bias, G, ldg, T, B, s, out, ldo, nt));
 }
 
 int sd_decoder(const sd_matrix* W, const float* bias, const float* X, int64_t ldx, int64_t N, const int64_t* targets,

@@ -123,3 +123,10 @@ static inline vf8 gru_cell8(vf8 gir, vf8 giz, vf8 gin, vf8 ghr, vf8 ghz, vf8 ghn
     vf8 zh = z * h;
     return (vsplat(1.0f) - z) * n + zh;
 }
+
+// One coupled recurrent highway micro-step (Zilly et al.; Selfish-RNN's HighwayBlock with --couple):
+// h = tanh(a_h), t = sigmoid(a_t), s <- h * t + s * (1 - t).
+static inline vf8 rhn_cell8(vf8 ah, vf8 at, vf8 s) {
+    const vf8 t = vsigmoid(at);
+    return vtanh(ah) * t + s * (vsplat(1.0f) - t);
+}
