@@ -199,6 +199,20 @@ class RHNSparseTrunk:
             biases = [None] + [vector(_prefix(k, l) + "R.bias") for l in range(1, depth(cfg))]
             self.layers.append((matrix(w + "weight"), proj_bias, rs, biases))
 
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    def fused_step(self, head):
+        """The compiled one-call batch-1 step (this trunk and a softmax head: kernels.compiled.RhnStep), or
+        None (the reference kernels, another head)."""
+        from ..kernels.compiled import RhnStep
+        from .decoders import SoftmaxHead
+
+        if not hasattr(self.kernels, "lib") or not isinstance(head, SoftmaxHead):
+            return None
+        return RhnStep(self.kernels, self.encoder, self.layers, head.weight, head.bias)
+
     def __call__(self, tokens: torch.Tensor, state):
         from ..runtime.state import State  # the runtime's type; imported late so training never needs it
 

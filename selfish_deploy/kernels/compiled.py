@@ -43,6 +43,17 @@ class SdStack(ctypes.Structure):
                 ("decoder", ctypes.POINTER(SdMatrix)), ("decoder_bias", ctypes.c_void_p)]
 
 
+class SdRhnLayer(ctypes.Structure):
+    _fields_ = [("w", ctypes.POINTER(SdMatrix)), ("proj_bias", ctypes.c_void_p), ("depth", ctypes.c_int32),
+                ("reserved", ctypes.c_int32), ("r", ctypes.POINTER(SdMatrix)), ("bias", ctypes.POINTER(ctypes.c_void_p))]
+
+
+class SdRhn(ctypes.Structure):
+    _fields_ = [("layers", ctypes.c_int32), ("reserved", ctypes.c_int32), ("encoder", ctypes.POINTER(SdMatrix)),
+                ("layer", ctypes.POINTER(SdRhnLayer)), ("decoder", ctypes.POINTER(SdMatrix)),
+                ("decoder_bias", ctypes.c_void_p)]
+
+
 def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -98,6 +109,8 @@ class CompiledKernels:
             f.restype = ctypes.c_int
         lib.sd_stack_step.argtypes = [ctypes.POINTER(SdStack), i64, vp, vp, vp, vp, vp, i32]
         lib.sd_stack_step.restype = ctypes.c_int
+        lib.sd_rhn_step.argtypes = [ctypes.POINTER(SdRhn), i64, vp, vp, vp, i32]
+        lib.sd_rhn_step.restype = ctypes.c_int
         lib.sd_set_min_work.argtypes = [ctypes.c_double]
         self.threads = 1
         self._rhn_args: dict[tuple, tuple] = {}  # the C arrays of an RHN layer's matrices and biases, per layer
@@ -297,3 +310,55 @@ class StackStep:
         self.kernels._ok(self.kernels.lib.sd_stack_step(ctypes.byref(self._stack), token, h_in, c_in, h_out, c_out,
                                                        _ptr(out), self.kernels.threads), "stack_step")
         return out, (list(zip(new_h, new_c)) if self.lstm else new_h)
+
+
+class RhnStep:
+    """One generation step at batch 1 of an RHN model, in one call: per layer ``W x + proj_bias`` and the L
+    micro-steps, then the decoder's log-softmax. The same sums in the same order as ``embed``/``spmm``/
+    ``rhn_recurrent``/``decoder`` at one column, so the same numbers bit for bit.
+
+    ``layers``: per layer ``(w, proj_bias, rs, biases)`` as ``RHNSparseTrunk`` holds them (``biases[0]`` None)."""
+
+    def __init__(self, kernels: CompiledKernels, encoder: Matrix, layers, decoder: Matrix, decoder_bias: torch.Tensor):
+        self.kernels = kernels
+        self.widths = [rs[0].cols for _, _, rs, _ in layers]
+        self.vocab = decoder.rows
+        keep, c_layers = [decoder_bias], []
+        for w, proj_bias, rs, biases in layers:
+            H = rs[0].cols
+            if w.rows != 2 * H or any((r.rows, r.cols) != (2 * H, H) for r in rs):
+                raise ValueError(f"rhn: W has {w.rows} rows and R_l are {[(r.rows, r.cols) for r in rs]}, "
+                                 f"expected {2 * H} and {2 * H} x {H}")
+            _check(proj_bias, "proj_bias", (2 * H,))
+            for b in biases[1:]:
+                _check(b, "bias", (2 * H,))
+            mats = (SdMatrix * len(rs))(*[struct(r, H) for r in rs])
+            ptrs = (ctypes.c_void_p * len(rs))(None, *[b.data_ptr() for b in biases[1:]])
+            keep += [mats, ptrs, proj_bias, *biases[1:]]  # what the C structures point to stays referenced here
+            c_layers.append(SdRhnLayer(ctypes.pointer(struct(w, H)), _ptr(proj_bias), len(rs), 0, mats, ptrs))
+        _check(decoder_bias, "decoder_bias", (decoder.rows,))
+        self._layers = (SdRhnLayer * len(layers))(*c_layers)
+        self._keep = keep
+        self._rhn = SdRhn(len(layers), 0, ctypes.pointer(struct(encoder, 0)), self._layers,
+                          ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
+        self._arr = ctypes.c_void_p * len(layers)
+        self._shapes = [(1, H) for H in self.widths]
+
+    def usable(self, layer_states) -> bool:
+        """Whether a state is in the layout the call reads: per layer one (1, H) contiguous fp32 CPU tensor."""
+        f32 = torch.float32
+        for t, shape in zip(layer_states, self._shapes):
+            if type(t) is tuple or t.dtype is not f32 or not t.is_cpu or t.shape != shape or not t.is_contiguous():
+                return False
+        return True
+
+    def __call__(self, token: int, layer_states) -> tuple[torch.Tensor, list]:
+        """Log-probabilities (V,) after ``token`` and the new per-layer state, each (1, H)."""
+        new = [torch.empty(shape) for shape in self._shapes]
+        out = torch.empty(self.vocab)
+        arr = self._arr
+        self.kernels._ok(self.kernels.lib.sd_rhn_step(ctypes.byref(self._rhn), token,
+                                                     arr(*[t.data_ptr() for t in layer_states]),
+                                                     arr(*[t.data_ptr() for t in new]), _ptr(out),
+                                                     self.kernels.threads), "rhn_step")
+        return out, new

@@ -20,6 +20,7 @@
                             int64_t, float*, float*, int64_t, int);                                         \
     int decoder_entry(const sd_matrix*, const float*, const float*, int64_t, int64_t, const int64_t*,       \
                       float*, int64_t*, float*, float*, int);                                               \
+    int rhn_step_entry(const sd_rhn*, int64_t, const float* const*, float* const*, float*, int);             \
     int stack_step_entry(const sd_stack*, int64_t, const float* const*, const float* const*, float* const*,  \
                          float* const*, float*, int);                                                        \
     }
@@ -173,4 +174,9 @@ int sd_stack_step(const sd_stack* S, int64_t id, const float* const* h_in, const
                   float* const* h_out, float* const* c_out, float* logprobs, int nt) {
     return DISPATCH(stack_step_entry(S, id, h_in, c_in, h_out, c_out, logprobs, nt));
 }
+}
+
+extern "C" int sd_rhn_step(const sd_rhn* S, int64_t id, const float* const* s_in, float* const* s_out, float* logprobs,
+                           int nt) {
+    return DISPATCH(rhn_step_entry(S, id, s_in, s_out, logprobs, nt));
 }

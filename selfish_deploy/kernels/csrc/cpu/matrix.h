@@ -54,6 +54,26 @@ struct sd_stack {
     const sd_matrix* decoder;  // with its SELL-8 copy over all rows
     const float* decoder_bias;
 };
+
+// An RHN language model for one generation step at batch 1 (sd_rhn_step): per layer the input matrix W
+// (2H, I) with proj_bias = b_W + b_R0, and `depth` matrices R_l (2H, H) in an array, bias[l] (2H) for l >= 1
+// (bias[0] is not read); every matrix with SELL-8 copies in blocks of H rows.
+struct sd_rhn_layer {
+    const sd_matrix* w;
+    const float* proj_bias;
+    int32_t depth;
+    int32_t reserved;
+    const sd_matrix* r;
+    const float* const* bias;
+};
+struct sd_rhn {
+    int32_t layers;
+    int32_t reserved;
+    const sd_matrix* encoder;
+    const sd_rhn_layer* layer;
+    const sd_matrix* decoder;  // with its SELL-8 copy over all rows
+    const float* decoder_bias;
+};
 }
 
 static inline float load_value(const float* v, int64_t p) { return v[p]; }
