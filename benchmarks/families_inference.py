@@ -5,7 +5,8 @@
 Models (random weights and masks, every weight matrix sparse at the density, as the family's registry entry
 lists them; speed depends on shapes and non-zeros, not on training):
 ``rhn-cpu``: the ``ptb-rhn-cpu`` recipe's RHN (one coupled layer, width 200, depth 4, tied, density 0.472);
-``rhn-paper``: the ``ptb-rhn`` recipe's (width 830, depth 10). Vocabulary 10,000.
+``rhn-paper``: the ``ptb-rhn`` recipe's (width 830, depth 10); ``on-lstm-cpu``: the ``ptb-on-lstm-cpu`` recipe's
+ON-LSTM (3 layers of 300, the last 200 for the tied decoder, chunk size 10, density 0.45). Vocabulary 10,000.
 Cases as ``inference.py``: (a) one generation step at batch 1 with the state carried, (b) scoring one
 2,000-token text, (c) 32 texts x 64 tokens. Engines, each alone in a fresh process, through ``SparseLM``:
 ``sparse`` (compiled kernels), ``onnx`` (the exported dense graph in ONNX Runtime) and ``dense`` (the training
@@ -33,6 +34,8 @@ MODELS = {
                 "options": {"depth": 4}},
     "rhn-paper": {"arch": "rhn", "emb": 830, "hidden": 830, "layers": 1, "tie_weights": True, "density": 0.472,
                   "options": {"depth": 10}},
+    "on-lstm-cpu": {"arch": "on_lstm", "emb": 200, "hidden": 300, "layers": 3, "tie_weights": True, "density": 0.45,
+                    "options": {"chunk_size": 10, "wdrop": 0.3}},
 }
 ENGINES = ("sparse", "onnx", "dense")
 CASES = {"a": "generation step, batch 1", "b": "score 1 x 2,000 tokens", "c": "score 32 x 64 tokens"}

@@ -337,6 +337,74 @@ def test_rhn_sequence_alone_equals_its_column_of_a_batch(B):
         k.set_min_work(32768)
 
 
+def onlstm_by_hand(w_hh, scale, g, T, B, h, c, chunk):
+    """ON-LSTM steps from the equations (cumax, master gates, chunked cell) on a dense W_hh, in float64."""
+    f64 = torch.float64
+    H = h.shape[0]
+    n = H // chunk
+    w, g, h, c = w_hh.to(f64), g.to(f64), h.to(f64), c.to(f64)
+    outs = []
+    for t in range(T):
+        a = g[:, t * B:(t + 1) * B] + scale * (w @ h)  # (2n + 4H, B)
+        mi = 1 - torch.cumsum(torch.softmax(a[:n], 0), 0)
+        mf = torch.cumsum(torch.softmax(a[n:2 * n], 0), 0)
+        o, gg, i, f = a[2 * n:].view(4, n, chunk, B).unbind(0)
+        mi, mf = mi[:, None], mf[:, None]
+        wgt = mf * mi
+        f = torch.sigmoid(f) * wgt + (mf - wgt)
+        i = torch.sigmoid(i) * wgt + (mi - wgt)
+        c = (f * c.view(n, chunk, B) + i * torch.tanh(gg)).reshape(H, B)
+        h = torch.sigmoid(o).reshape(H, B) * torch.tanh(c)
+        outs.append(h)
+    return torch.cat(outs, 1), h, c
+
+
+@pytest.mark.parametrize("density,index,values", [(0.0, torch.uint16, torch.float32), (0.05, torch.int32, torch.float16),
+                                                  (0.45, torch.uint16, torch.float16), (1.0, torch.int32, torch.bfloat16)])
+@pytest.mark.parametrize("T,B", [(1, 1), (6, 1), (3, 3), (2, 13), (2, 64)])
+@pytest.mark.parametrize("H,chunk", [(12, 4), (20, 5)])
+def test_onlstm_recurrent_matches_the_equations(compiled, density, index, values, T, B, H, chunk):
+    """T ON-LSTM steps (n = H / chunk master gates, gate rows 2n + 4H) equal the equations in float64; the
+    reference kernel too; outputs poisoned."""
+    torch.manual_seed(T * 10 + B + H)
+    rows = 2 * (H // chunk) + 4 * H
+    w_hh, dense = weight(rows, H, density, seed=B, index=index, values=values, scale=0.5)
+    g, h0, c0 = torch.randn(rows, T * B), torch.randn(H, B) * 0.5, torch.randn(H, B)
+    want, want_h, want_c = onlstm_by_hand(dense, 0.7, g, T, B, h0, c0, chunk)
+    out, h, c = compiled.onlstm_recurrent(w_hh, 0.7, g, T, B, h0, c0, chunk, out=poisoned(H, T * B))
+    assert not out.isnan().any()
+    assert rel_err(out, want) < TOL and rel_err(h, want_h) < TOL and rel_err(c, want_c) < TOL
+    r_out, r_h, r_c = REF.onlstm_recurrent(w_hh, 0.7, g, T, B, h0, c0, chunk)
+    assert rel_err(r_out, want) < TOL and rel_err(r_c, want_c) < TOL
+
+
+@needs_compiled
+@pytest.mark.parametrize("B", [9, 64])
+def test_onlstm_sequence_alone_equals_its_column_of_a_batch(B):
+    """H = 100 in chunks of 10 on two threads: a sequence alone is bit for bit its column of a batched call."""
+    k = kernels_for("cpu", 2)
+    k.set_min_work(0)
+    try:
+        H, chunk, T = 100, 10, 4
+        rows = 2 * (H // chunk) + 4 * H
+        w_hh, _ = weight(rows, H, 0.4, seed=3, scale=0.3)
+        g, h, c = torch.randn(rows, T * B), torch.randn(H, B) * 0.5, torch.randn(H, B)
+        out, _, c_all = k.onlstm_recurrent(w_hh, 0.55, g, T, B, h, c, chunk)
+        for b in (0, B - 1):
+            col = g.view(rows, T, B)[:, :, b].contiguous()
+            one, _, c_one = k.onlstm_recurrent(w_hh, 0.55, col, T, 1, h[:, b:b + 1].contiguous(),
+                                               c[:, b:b + 1].contiguous(), chunk, out=poisoned(H, T))
+            assert torch.equal(out.view(H, T, B)[:, :, b], one) and torch.equal(c_all[:, b:b + 1], c_one)
+    finally:
+        k.set_min_work(32768)
+
+
+def test_onlstm_recurrent_refuses_a_bad_chunk(compiled):
+    w_hh, _ = weight(2 * 3 + 4 * 12, 12, 0.3, seed=0)
+    with pytest.raises(ValueError, match="chunks of 5"):
+        compiled.onlstm_recurrent(w_hh, 1.0, torch.randn(54, 2), 2, 1, torch.zeros(12, 1), torch.zeros(12, 1), 5)
+
+
 @needs_compiled
 def test_a_column_does_not_depend_on_its_batch():
     """The canonical sum order: column j of a batched call equals the call on column j alone, bit for bit."""

@@ -234,15 +234,10 @@ def gate_block_rows(param_name: str, config) -> tuple[int, ...]:
 
 # --- sparse runtime -----------------------------------------------------------------------------------------
 
-def cell_feature_major(gates: torch.Tensor, c: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``onlstm_cell`` on feature-major columns: ``gates`` (G, B), ``c`` (H, B) -> ``h``, ``c`` (H, B)."""
-    h, c = onlstm_cell(gates.t().contiguous(), c.t().contiguous(), chunk_size)
-    return h.t().contiguous(), c.t().contiguous()
-
-
 class SparseTrunk:
-    """The runtime's ON-LSTM: ``kernels.spmm`` for W_ih over all T*B columns and for W_hh once per step,
-    torch ops for cumax and the cell. ``(tokens (T, B), state) -> (x (H_last, T*B), State)``."""
+    """The runtime's ON-LSTM: ``kernels.spmm`` for W_ih over all T*B columns, ``kernels.onlstm_recurrent`` for
+    the T steps (compiled: W_hh h, cumax and the cell in one call). ``(tokens (T, B), state) -> (x (H_last,
+    T*B), State)``."""
 
     def __init__(self, exported, matrix, vector, kernels):
         cfg = exported.model_config
@@ -267,12 +262,7 @@ class SparseTrunk:
             g = self.kernels.spmm(w_ih, x, bias)  # (G, T*B)
             h = h.to(dev, torch.float32).t().contiguous()  # (H, B)
             c = c.to(dev, torch.float32).t().contiguous()
-            outs = []
-            for t in range(T):
-                gates = torch.add(g[:, t * B:(t + 1) * B], self.kernels.spmm(w_hh, h), alpha=self.hh_scale)
-                h, c = cell_feature_major(gates, c, self.chunk_size)
-                outs.append(h)
-            x = torch.cat(outs, dim=1) if outs else h.new_zeros(h.shape[0], 0)
+            x, h, c = self.kernels.onlstm_recurrent(w_hh, self.hh_scale, g, T, B, h, c, self.chunk_size)
             new.append((h.t().contiguous(), c.t().contiguous()))
         return x, State(new)
 

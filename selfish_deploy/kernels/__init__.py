@@ -1,8 +1,8 @@
 """Sparse kernels of the runtime: compiled CPU kernels (csrc/cpu/) with the PyTorch reference as fallback.
 
-Five ops, one signature each (reference.py documents the layouts): ``spmm`` (W X + b), ``embed`` (rows as
+Six ops, one signature each (reference.py documents the layouts): ``spmm`` (W X + b), ``embed`` (rows as
 columns), ``recurrent`` (T steps of a fused cell), ``rhn_recurrent`` (T steps of a recurrent highway layer's L
-micro-steps), ``decoder`` (W X + b, then log-softmax: target
+micro-steps), ``onlstm_recurrent`` (T steps of an ON-LSTM layer), ``decoder`` (W X + b, then log-softmax: target
 log-probabilities, top-1, or all of them); and, compiled only, ``StackStep``: a whole batch-1 generation step
 of a stacked model in one call (the same numbers as the four ops, fewer threads' wake-ups and Python calls). ``kernels_for(device)`` picks the implementation; ``report()`` (or
 ``python -m selfish_deploy.kernels``) says what was built and which CPU features the kernels use.
@@ -28,6 +28,7 @@ class Reference:
     embed = staticmethod(reference.embed)
     recurrent = staticmethod(reference.recurrent)
     rhn_recurrent = staticmethod(reference.rhn_recurrent)
+    onlstm_recurrent = staticmethod(reference.onlstm_recurrent)
     decoder = staticmethod(reference.decoder)
 
 
@@ -51,7 +52,7 @@ def kernels_for(device: str | torch.device = "cpu", threads: int | None = None):
 def report() -> dict:
     """What is available: the library, its build, the instruction set chosen, the CPU's features."""
     lib, how = load()
-    info = {"compiled_cpu": lib is not None, "status": how, "ops": ["spmm", "embed", "recurrent", "rhn_recurrent", "decoder", "stack_step"],
+    info = {"compiled_cpu": lib is not None, "status": how, "ops": ["spmm", "embed", "recurrent", "rhn_recurrent", "onlstm_recurrent", "decoder", "stack_step"],
             "reference": "PyTorch (torch.sparse CSR; cuSPARSE on CUDA)", "cuda": torch.cuda.is_available()}
     if lib is not None:
         from .compiled import CompiledKernels

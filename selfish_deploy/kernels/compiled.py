@@ -109,6 +109,8 @@ class CompiledKernels:
             f.restype = ctypes.c_int
         lib.sd_stack_step.argtypes = [ctypes.POINTER(SdStack), i64, vp, vp, vp, vp, vp, i32]
         lib.sd_stack_step.restype = ctypes.c_int
+        lib.sd_onlstm_recurrent.argtypes = [sp, ctypes.c_float, vp, i64, i64, i64, i64, vp, vp, vp, i64, i32]
+        lib.sd_onlstm_recurrent.restype = ctypes.c_int
         lib.sd_rhn_step.argtypes = [ctypes.POINTER(SdRhn), i64, vp, vp, vp, i32]
         lib.sd_rhn_step.restype = ctypes.c_int
         lib.sd_set_min_work.argtypes = [ctypes.c_double]
@@ -221,6 +223,28 @@ class CompiledKernels:
             self._ok(self.lib.sd_rhn_recurrent(mats, len(rs), ptrs, _ptr(g), ldg, T, B, _ptr(s), _ptr(out),
                                                max(T * B, 1), self.threads), "rhn_recurrent")
         return out, s
+
+    def onlstm_recurrent(self, w_hh: Matrix, scale: float, g: torch.Tensor, T: int, B: int, h: torch.Tensor,
+                         c: torch.Tensor, chunk: int, out: torch.Tensor | None = None):
+        H = w_hh.cols
+        if not w_hh.is_sparse and B >= BLAS_BATCH:  # dense GEMMs: BLAS's
+            return reference.onlstm_recurrent(w_hh, scale, g, T, B, h, c, chunk)
+        if chunk <= 0 or H % chunk or w_hh.rows != 2 * (H // chunk) + 4 * H:
+            raise ValueError(f"on_lstm: W_hh is {w_hh.rows} x {H}, expected {2 * (H // max(chunk, 1)) + 4 * H} "
+                             f"rows for chunks of {chunk}")
+        ldg = _cols(g, "g", w_hh.rows)
+        if g.shape[1] < T * B:
+            raise ValueError(f"g has {g.shape[1]} columns, expected T*B = {T * B}")
+        h, c = h.clone(), c.clone()
+        _check(h, "h", (H, B))
+        _check(c, "c", (H, B))
+        out = torch.empty(H, T * B) if out is None else out
+        _check(out, "out", (H, T * B))
+        if T * B:
+            self._ok(self.lib.sd_onlstm_recurrent(ctypes.byref(struct(w_hh)), scale, _ptr(g), ldg, T, B, chunk,
+                                                  _ptr(h), _ptr(c), _ptr(out), max(T * B, 1), self.threads),
+                     "onlstm_recurrent")
+        return out, h, c
 
     def decoder(self, w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
                 full: bool = False, top1: bool = False, out: dict | None = None) -> dict[str, torch.Tensor]:

@@ -82,6 +82,23 @@ def rhn_recurrent(rs: list[Matrix], biases: list[torch.Tensor | None], g: torch.
     return out, s
 
 
+def onlstm_recurrent(w_hh: Matrix, scale: float, g: torch.Tensor, T: int, B: int, h: torch.Tensor, c: torch.Tensor,
+                     chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """T steps of an ON-LSTM layer (families/on_lstm.py) over B columns: ``g`` (G, T*B) = W_ih x + b_ih + b_hh,
+    the gates ``g + scale * W_hh h`` (``scale``: the eval DropConnect weight 1 - wdrop), then the cell of
+    ``onlstm_cell`` with chunks of ``chunk`` units; ``h``, ``c`` (H, B). Returns outputs (H, T*B), h and c."""
+    from ..families.on_lstm import onlstm_cell
+
+    outs = []
+    for t in range(T):
+        gates = torch.add(g[:, t * B:(t + 1) * B], spmm(w_hh, h), alpha=scale)
+        h_b, c_b = onlstm_cell(gates.t().contiguous(), c.t().contiguous(), chunk)
+        h, c = h_b.t().contiguous(), c_b.t().contiguous()
+        outs.append(h)
+    out = torch.cat(outs, dim=1) if outs else h.new_zeros(h.shape[0], 0)
+    return out, h, c
+
+
 def decoder(w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
             full: bool = False, top1: bool = False) -> dict[str, torch.Tensor]:
     """Log-softmax of ``W X + bias`` per column; returns what was asked among ``target_lp`` (N,),
