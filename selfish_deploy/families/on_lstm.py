@@ -250,6 +250,21 @@ class SparseTrunk:
             bias = (vector(p + "ih.0.bias") + vector(p + "hh.bias")).contiguous()  # b_hh is not scaled
             self.layers.append((matrix(p + "ih.0.weight"), bias, matrix(p + "hh.weight")))
 
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    def fused_step(self, head):
+        """The compiled one-call batch-1 step (this trunk and a softmax head: kernels.compiled.OnlstmStep), or
+        None (the reference kernels, another head)."""
+        from ..kernels.compiled import OnlstmStep
+        from .decoders import SoftmaxHead
+
+        if not hasattr(self.kernels, "lib") or not isinstance(head, SoftmaxHead):
+            return None
+        return OnlstmStep(self.kernels, self.encoder, self.layers, self.hh_scale, self.chunk_size, head.weight,
+                          head.bias)
+
     def __call__(self, tokens: torch.Tensor, state) -> tuple[torch.Tensor, list]:
         from ..runtime.state import State  # lazily: the runtime package imports the model, which imports us
 

@@ -48,6 +48,17 @@ class SdRhnLayer(ctypes.Structure):
                 ("reserved", ctypes.c_int32), ("r", ctypes.POINTER(SdMatrix)), ("bias", ctypes.POINTER(ctypes.c_void_p))]
 
 
+class SdOnlstmLayer(ctypes.Structure):
+    _fields_ = [("w_ih", ctypes.POINTER(SdMatrix)), ("bias", ctypes.c_void_p), ("w_hh", ctypes.POINTER(SdMatrix)),
+                ("scale", ctypes.c_float), ("chunk", ctypes.c_int32)]
+
+
+class SdOnlstm(ctypes.Structure):
+    _fields_ = [("layers", ctypes.c_int32), ("reserved", ctypes.c_int32), ("encoder", ctypes.POINTER(SdMatrix)),
+                ("layer", ctypes.POINTER(SdOnlstmLayer)), ("decoder", ctypes.POINTER(SdMatrix)),
+                ("decoder_bias", ctypes.c_void_p)]
+
+
 class SdRhn(ctypes.Structure):
     _fields_ = [("layers", ctypes.c_int32), ("reserved", ctypes.c_int32), ("encoder", ctypes.POINTER(SdMatrix)),
                 ("layer", ctypes.POINTER(SdRhnLayer)), ("decoder", ctypes.POINTER(SdMatrix)),
@@ -112,6 +123,8 @@ class CompiledKernels:
         lib.sd_onlstm_recurrent.argtypes = [sp, ctypes.c_float, vp, i64, i64, i64, i64, vp, vp, vp, i64, i32]
         lib.sd_onlstm_recurrent.restype = ctypes.c_int
         lib.sd_rhn_step.argtypes = [ctypes.POINTER(SdRhn), i64, vp, vp, vp, i32]
+        lib.sd_onlstm_step.argtypes = [ctypes.POINTER(SdOnlstm), i64, vp, vp, vp, vp, vp, i32]
+        lib.sd_onlstm_step.restype = ctypes.c_int
         lib.sd_rhn_step.restype = ctypes.c_int
         lib.sd_set_min_work.argtypes = [ctypes.c_double]
         self.threads = 1
@@ -386,3 +399,55 @@ class RhnStep:
                                                      arr(*[t.data_ptr() for t in new]), _ptr(out),
                                                      self.kernels.threads), "rhn_step")
         return out, new
+
+
+class OnlstmStep:
+    """One generation step at batch 1 of an ON-LSTM model, in one call: per layer both products, the gates,
+    the cumax and the cells, then the decoder's log-softmax. The same operations in the same order as
+    ``embed``/``spmm``/``onlstm_recurrent``/``decoder`` at one column, so the same numbers bit for bit.
+
+    ``layers``: per layer ``(w_ih, bias, w_hh)`` as the ON-LSTM ``SparseTrunk`` holds them."""
+
+    def __init__(self, kernels: CompiledKernels, encoder: Matrix, layers, scale: float, chunk: int, decoder: Matrix,
+                 decoder_bias: torch.Tensor):
+        self.kernels = kernels
+        self.widths = [w_hh.cols for _, _, w_hh in layers]
+        self.vocab = decoder.rows
+        for w_ih, bias, w_hh in layers:
+            H = w_hh.cols
+            if H % chunk or w_hh.rows != 2 * (H // chunk) + 4 * H or w_ih.rows != w_hh.rows:
+                raise ValueError(f"on_lstm: W_ih/W_hh have {w_ih.rows}/{w_hh.rows} rows, expected "
+                                 f"{2 * (H // chunk) + 4 * H} for chunks of {chunk}")
+            _check(bias, "bias", (w_hh.rows,))
+        _check(decoder_bias, "decoder_bias", (decoder.rows,))
+        self._keep = [decoder_bias, *(b for _, b, _ in layers)]  # what the C structures point to
+        self._layers = (SdOnlstmLayer * len(layers))(*[
+            SdOnlstmLayer(ctypes.pointer(struct(w_ih)), _ptr(bias), ctypes.pointer(struct(w_hh)), scale, chunk)
+            for w_ih, bias, w_hh in layers])
+        self._model = SdOnlstm(len(layers), 0, ctypes.pointer(struct(encoder, 0)), self._layers,
+                               ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
+        self._arr = ctypes.c_void_p * len(layers)
+        self._shapes = [(1, H) for H in self.widths]
+
+    def usable(self, layer_states) -> bool:
+        """Whether a state is in the layout the call reads: per layer (h, c), each (1, H) contiguous fp32 CPU."""
+        f32 = torch.float32
+        for s, shape in zip(layer_states, self._shapes):
+            if type(s) is not tuple:
+                return False
+            for t in s:
+                if t.dtype is not f32 or not t.is_cpu or t.shape != shape or not t.is_contiguous():
+                    return False
+        return True
+
+    def __call__(self, token: int, layer_states) -> tuple[torch.Tensor, list]:
+        """Log-probabilities (V,) after ``token`` and the new per-layer state ``(h, c)``, each (1, H)."""
+        arr = self._arr
+        new_h = [torch.empty(shape) for shape in self._shapes]
+        new_c = [torch.empty(shape) for shape in self._shapes]
+        out = torch.empty(self.vocab)
+        self.kernels._ok(self.kernels.lib.sd_onlstm_step(
+            ctypes.byref(self._model), token, arr(*[s[0].data_ptr() for s in layer_states]),
+            arr(*[s[1].data_ptr() for s in layer_states]), arr(*[t.data_ptr() for t in new_h]),
+            arr(*[t.data_ptr() for t in new_c]), _ptr(out), self.kernels.threads), "onlstm_step")
+        return out, list(zip(new_h, new_c))

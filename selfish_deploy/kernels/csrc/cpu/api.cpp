@@ -22,6 +22,8 @@
                       float*, int64_t*, float*, float*, int);                                               \
     int onlstm_recurrent_entry(const sd_matrix*, float, const float*, int64_t, int64_t, int64_t, int64_t,     \
                                float*, float*, float*, int64_t, int);                                       \
+    int onlstm_step_entry(const sd_onlstm*, int64_t, const float* const*, const float* const*, float* const*, \
+                          float* const*, float*, int);                                                      \
     int rhn_step_entry(const sd_rhn*, int64_t, const float* const*, float* const*, float*, int);             \
     int stack_step_entry(const sd_stack*, int64_t, const float* const*, const float* const*, float* const*,  \
                          float* const*, float*, int);                                                        \
@@ -59,7 +61,7 @@ double sd_min_work = 32768.0;  // multiply-adds per thread below which a kernel 
 
 void sd_set_min_work(double w) { sd_min_work = w; }
 
-int sd_abi_version() { return 7; }
+int sd_abi_version() { return 8; }
 
 const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
 
@@ -186,4 +188,9 @@ extern "C" int sd_rhn_step(const sd_rhn* S, int64_t id, const float* const* s_in
 extern "C" int sd_onlstm_recurrent(const sd_matrix* W, float scale, const float* G, int64_t ldg, int64_t T, int64_t B,
                                    int64_t chunk, float* h, float* c, float* out, int64_t ldo, int nt) {
     return DISPATCH(onlstm_recurrent_entry(W, scale, G, ldg, T, B, chunk, h, c, out, ldo, nt));
+}
+
+extern "C" int sd_onlstm_step(const sd_onlstm* S, int64_t id, const float* const* h_in, const float* const* c_in,
+                              float* const* h_out, float* const* c_out, float* logprobs, int nt) {
+    return DISPATCH(onlstm_step_entry(S, id, h_in, c_in, h_out, c_out, logprobs, nt));
 }

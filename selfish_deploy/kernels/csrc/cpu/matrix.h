@@ -66,6 +66,23 @@ struct sd_rhn_layer {
     const sd_matrix* r;
     const float* const* bias;
 };
+// An ON-LSTM language model for one generation step at batch 1 (sd_onlstm_step): per layer W_ih and W_hh
+// (2n + 4H rows, n = H / chunk; SELL copies over all rows), bias = b_ih + b_hh, scale = 1 - wdrop.
+struct sd_onlstm_layer {
+    const sd_matrix* w_ih;
+    const float* bias;
+    const sd_matrix* w_hh;
+    float scale;
+    int32_t chunk;
+};
+struct sd_onlstm {
+    int32_t layers;
+    int32_t reserved;
+    const sd_matrix* encoder;
+    const sd_onlstm_layer* layer;
+    const sd_matrix* decoder;  // with its SELL-8 copy over all rows
+    const float* decoder_bias;
+};
 struct sd_rhn {
     int32_t layers;
     int32_t reserved;
