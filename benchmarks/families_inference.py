@@ -6,7 +6,10 @@ Models (random weights and masks, every weight matrix sparse at the density, as 
 lists them; speed depends on shapes and non-zeros, not on training):
 ``rhn-cpu``: the ``ptb-rhn-cpu`` recipe's RHN (one coupled layer, width 200, depth 4, tied, density 0.472);
 ``rhn-paper``: the ``ptb-rhn`` recipe's (width 830, depth 10); ``on-lstm-cpu``: the ``ptb-on-lstm-cpu`` recipe's
-ON-LSTM (3 layers of 300, the last 200 for the tied decoder, chunk size 10, density 0.45). Vocabulary 10,000.
+ON-LSTM (3 layers of 300, the last 200 for the tied decoder, chunk size 10, density 0.45); ``awd-lstm-cpu``:
+``ptb-awd-lstm-cpu``'s AWD-LSTM (3 layers of 400, the last 200, density 0.45); ``awd-lstm-mos-cpu``:
+``wt2-awd-lstm-mos-cpu``'s AWD-LSTM-MoS (3 layers of 400, the last 200, 3 experts, embedding 100, WikiText-2's
+vocabulary of 33,278). Vocabulary 10,000 unless said.
 Cases as ``inference.py``: (a) one generation step at batch 1 with the state carried, (b) scoring one
 2,000-token text, (c) 32 texts x 64 tokens. Engines, each alone in a fresh process, through ``SparseLM``:
 ``sparse`` (compiled kernels), ``onnx`` (the exported dense graph in ONNX Runtime) and ``dense`` (the training
@@ -36,6 +39,11 @@ MODELS = {
                   "options": {"depth": 10}},
     "on-lstm-cpu": {"arch": "on_lstm", "emb": 200, "hidden": 300, "layers": 3, "tie_weights": True, "density": 0.45,
                     "options": {"chunk_size": 10, "wdrop": 0.3}},
+    "awd-lstm-cpu": {"arch": "awd_lstm", "emb": 200, "hidden": 400, "layers": 3, "tie_weights": True,
+                     "density": 0.45, "options": {"wdrop": 0.3}},
+    "awd-lstm-mos-cpu": {"arch": "awd_lstm", "emb": 100, "hidden": 400, "layers": 3, "tie_weights": True,
+                         "decoder": "mos", "experts": 3, "density": 0.45, "vocab_size": 33278,
+                         "options": {"last_hidden": 200, "wdrop": 0.25}},
 }
 ENGINES = ("sparse", "onnx", "dense")
 CASES = {"a": "generation step, batch 1", "b": "score 1 x 2,000 tokens", "c": "score 32 x 64 tokens"}
@@ -52,8 +60,8 @@ def write_export(name: str, work: Path) -> Path:
     from selfish_deploy.vocab import Vocabulary
 
     spec = dict(MODELS[name])
-    density = spec.pop("density")
-    cfg = ModelConfig(vocab_size=10_000, dropout=0.0, **spec)
+    density, vocab = spec.pop("density"), spec.pop("vocab_size", 10_000)
+    cfg = ModelConfig(vocab_size=vocab, dropout=0.0, **spec)
     torch.manual_seed(0)
     model = RNNLM(cfg)
     masks = MaskRegistry(model, density, generator=torch.Generator().manual_seed(0), arch=cfg.arch)
@@ -140,7 +148,7 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["rhn-cpu", "rhn-paper"], choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--threads", nargs="+", type=int, default=[2])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2, help="fresh processes per engine, interleaved; the best counts")

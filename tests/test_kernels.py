@@ -61,7 +61,7 @@ GRID = [(d, i, v) for d in (0.0, 0.05, 0.33, 1.0) for i in (torch.uint16, torch.
 
 
 @pytest.mark.parametrize("density,index,values", GRID)
-@pytest.mark.parametrize("n", [1, 3, 64, 150])
+@pytest.mark.parametrize("n", [1, 3, 4, 64, 150])
 def test_spmm(compiled, density, index, values, n):
     w, dense = weight(41, 67, density, seed=n, index=index, values=values)
     x, b = torch.randn(67, n), torch.randn(41)
@@ -135,7 +135,7 @@ def test_recurrent_matches_pytorch_cells(compiled, cell, density, T, B):
 
 
 @pytest.mark.parametrize("density,index,values", GRID)
-@pytest.mark.parametrize("n", [1, 3, 64])
+@pytest.mark.parametrize("n", [1, 2, 3, 64])
 def test_decoder(compiled, density, index, values, n):
     V = 600  # more than two chunks of 256 rows, and not a multiple of 8
     w, dense = weight(V, 16, density, seed=n, index=index, values=values)
@@ -410,12 +410,18 @@ def test_a_column_does_not_depend_on_its_batch():
     """The canonical sum order: column j of a batched call equals the call on column j alone, bit for bit."""
     k = kernels_for("cpu", 2)
     w, _ = weight(300, 80, 0.3, seed=1)
+    b = torch.randn(300)
     x = torch.randn(80, 70)
-    batched = k.spmm(w, x)
-    dec = k.decoder(w, None, x, full=True)["logprobs"]
-    for j in (0, 9, 69):
-        assert torch.equal(batched[:, j], k.spmm(w, x[:, j:j + 1].contiguous())[:, 0])
-        assert torch.equal(dec[j], k.decoder(w, None, x[:, j:j + 1].contiguous(), full=True)["logprobs"][0])
+    for n in (2, 3, 4, 5, 70):  # a few columns through the SELL copy (2-4), more in row-wise passes
+        batched = k.spmm(w, x[:, :n], b)
+        dec = k.decoder(w, b, x[:, :n], full=True)["logprobs"]
+        scored = k.decoder(w, b, x[:, :n], torch.arange(n) * 4, top1=True)
+        for j in {0, n // 2, n - 1}:
+            one = x[:, j:j + 1].contiguous()
+            assert torch.equal(batched[:, j], k.spmm(w, one, b)[:, 0])
+            alone = k.decoder(w, b, one, torch.tensor([4 * j]), top1=True, full=True)
+            assert torch.equal(dec[j], alone["logprobs"][0])
+            assert all(torch.equal(scored[key][j], alone[key][0]) for key in ("target_lp", "argmax", "max_lp"))
     w_hh, _ = weight(4 * 80, 80, 0.3, seed=2)
     g, h, c = torch.randn(320, 5 * 9), torch.randn(80, 9), torch.randn(80, 9)
     out, _, _ = k.recurrent("lstm", w_hh, None, g, 5, 9, h, c)

@@ -255,15 +255,16 @@ class SparseTrunk:
         return self.encoder.device
 
     def fused_step(self, head):
-        """The compiled one-call batch-1 step (this trunk and a softmax head: kernels.compiled.OnlstmStep), or
-        None (the reference kernels, another head)."""
+        """The compiled one-call batch-1 step (kernels.compiled.OnlstmStep: with a softmax head the decoder too;
+        with another head, as MoS, the trunk only), or None (the reference kernels)."""
         from ..kernels.compiled import OnlstmStep
         from .decoders import SoftmaxHead
 
-        if not hasattr(self.kernels, "lib") or not isinstance(head, SoftmaxHead):
+        if not hasattr(self.kernels, "lib"):
             return None
-        return OnlstmStep(self.kernels, self.encoder, self.layers, self.hh_scale, self.chunk_size, head.weight,
-                          head.bias)
+        fused = isinstance(head, SoftmaxHead)  # another head (MoS) runs after the call, on the last layer's h
+        return OnlstmStep(self.kernels, self.encoder, self.layers, self.hh_scale, self.chunk_size,
+                          head.weight if fused else None, head.bias if fused else None)
 
     def __call__(self, tokens: torch.Tensor, state) -> tuple[torch.Tensor, list]:
         from ..runtime.state import State  # lazily: the runtime package imports the model, which imports us

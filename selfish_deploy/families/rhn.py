@@ -204,14 +204,16 @@ class RHNSparseTrunk:
         return self.encoder.device
 
     def fused_step(self, head):
-        """The compiled one-call batch-1 step (this trunk and a softmax head: kernels.compiled.RhnStep), or
-        None (the reference kernels, another head)."""
+        """The compiled one-call batch-1 step (kernels.compiled.RhnStep: with a softmax head the decoder too;
+        with another head, as MoS, the trunk only), or None (the reference kernels)."""
         from ..kernels.compiled import RhnStep
         from .decoders import SoftmaxHead
 
-        if not hasattr(self.kernels, "lib") or not isinstance(head, SoftmaxHead):
+        if not hasattr(self.kernels, "lib"):
             return None
-        return RhnStep(self.kernels, self.encoder, self.layers, head.weight, head.bias)
+        fused = isinstance(head, SoftmaxHead)  # another head (MoS) runs after the call, on the last layer's s
+        return RhnStep(self.kernels, self.encoder, self.layers, head.weight if fused else None,
+                       head.bias if fused else None)
 
     def __call__(self, tokens: torch.Tensor, state):
         from ..runtime.state import State  # the runtime's type; imported late so training never needs it

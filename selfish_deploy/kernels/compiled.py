@@ -65,6 +65,16 @@ class SdRhn(ctypes.Structure):
                 ("decoder_bias", ctypes.c_void_p)]
 
 
+def _check_decoder(decoder: Matrix | None, bias: torch.Tensor | None) -> None:
+    if decoder is not None:
+        _check(bias, "decoder_bias", (decoder.rows,))
+
+
+def _decoder_ptr(decoder: Matrix | None):
+    """The one-call steps' decoder: its C view, or a null pointer (the trunk only)."""
+    return ctypes.pointer(struct(decoder)) if decoder is not None else ctypes.POINTER(SdMatrix)()
+
+
 def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -290,13 +300,14 @@ class StackStep:
     order as ``embed``/``spmm``/``recurrent``/``decoder`` at one column, so the same numbers bit for bit.
 
     ``layers``: per layer ``(w_ih, proj_bias, w_hh, cell_bias)`` as ``recurrent`` takes them (cell_bias: GRU's
-    b_hh, else None); ``table``: (V, G*H0) or None."""
+    b_hh, else None); ``table``: (V, G*H0) or None; ``decoder`` None: the trunk only (for a head the call does
+    not fuse, as MoS: the caller runs it on the last layer's h)."""
 
     def __init__(self, kernels: CompiledKernels, cell: str, encoder: Matrix, layers, table: torch.Tensor | None,
-                 decoder: Matrix, decoder_bias: torch.Tensor):
+                 decoder: Matrix | None, decoder_bias: torch.Tensor | None):
         self.kernels, self.lstm = kernels, cell == "lstm"
         self.widths = [w_hh.cols for _, _, w_hh, _ in layers]
-        self.vocab = decoder.rows
+        self.vocab = decoder.rows if decoder is not None else 0
         for w_ih, proj_bias, w_hh, cell_bias in layers:
             H = w_hh.cols
             if w_hh.rows != GATES[cell] * H or w_ih.rows != w_hh.rows:
@@ -307,7 +318,7 @@ class StackStep:
                 _check(cell_bias, "cell_bias", (w_hh.rows,))
         if table is not None:
             _check(table, "table", (encoder.rows, layers[0][0].rows))
-        _check(decoder_bias, "decoder_bias", (decoder.rows,))
+        _check_decoder(decoder, decoder_bias)
         # what the C structures point to stays referenced here
         self._keep = [table, decoder_bias, *(t for layer in layers for t in (layer[1], layer[3]) if t is not None)]
         self._layers = (SdStackLayer * len(layers))(*[
@@ -316,7 +327,7 @@ class StackStep:
                          _ptr(cell_bias if cell == "gru" else None))
             for k, (w_ih, proj_bias, w_hh, cell_bias) in enumerate(layers)])
         self._stack = SdStack(CELLS[cell], len(layers), ctypes.pointer(struct(encoder, 0)), _ptr(table),
-                              self._layers, ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
+                              self._layers, _decoder_ptr(decoder), _ptr(decoder_bias))
         self._arr = ctypes.c_void_p * len(layers)
         self._shapes = [(1, H) for H in self.widths]
 
@@ -331,7 +342,8 @@ class StackStep:
         return True
 
     def __call__(self, token: int, layer_states) -> tuple[torch.Tensor, list]:
-        """Log-probabilities (V,) after ``token`` and the new per-layer state, ``h`` or ``(h, c)``, each (1, H)."""
+        """Log-probabilities (V,) after ``token`` (None without a decoder) and the new per-layer state, ``h`` or
+        ``(h, c)``, each (1, H)."""
         arr = self._arr
         new_h = [torch.empty(shape) for shape in self._shapes]
         if self.lstm:
@@ -343,7 +355,7 @@ class StackStep:
             h_in = arr(*[s.data_ptr() for s in layer_states])
             c_in = c_out = None
         h_out = arr(*[t.data_ptr() for t in new_h])
-        out = torch.empty(self.vocab)
+        out = torch.empty(self.vocab) if self.vocab else None
         self.kernels._ok(self.kernels.lib.sd_stack_step(ctypes.byref(self._stack), token, h_in, c_in, h_out, c_out,
                                                        _ptr(out), self.kernels.threads), "stack_step")
         return out, (list(zip(new_h, new_c)) if self.lstm else new_h)
@@ -356,10 +368,11 @@ class RhnStep:
 
     ``layers``: per layer ``(w, proj_bias, rs, biases)`` as ``RHNSparseTrunk`` holds them (``biases[0]`` None)."""
 
-    def __init__(self, kernels: CompiledKernels, encoder: Matrix, layers, decoder: Matrix, decoder_bias: torch.Tensor):
+    def __init__(self, kernels: CompiledKernels, encoder: Matrix, layers, decoder: Matrix | None,
+                 decoder_bias: torch.Tensor | None):
         self.kernels = kernels
         self.widths = [rs[0].cols for _, _, rs, _ in layers]
-        self.vocab = decoder.rows
+        self.vocab = decoder.rows if decoder is not None else 0
         keep, c_layers = [decoder_bias], []
         for w, proj_bias, rs, biases in layers:
             H = rs[0].cols
@@ -373,11 +386,11 @@ class RhnStep:
             ptrs = (ctypes.c_void_p * len(rs))(None, *[b.data_ptr() for b in biases[1:]])
             keep += [mats, ptrs, proj_bias, *biases[1:]]  # what the C structures point to stays referenced here
             c_layers.append(SdRhnLayer(ctypes.pointer(struct(w, H)), _ptr(proj_bias), len(rs), 0, mats, ptrs))
-        _check(decoder_bias, "decoder_bias", (decoder.rows,))
+        _check_decoder(decoder, decoder_bias)
         self._layers = (SdRhnLayer * len(layers))(*c_layers)
         self._keep = keep
-        self._rhn = SdRhn(len(layers), 0, ctypes.pointer(struct(encoder, 0)), self._layers,
-                          ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
+        self._rhn = SdRhn(len(layers), 0, ctypes.pointer(struct(encoder, 0)), self._layers, _decoder_ptr(decoder),
+                          _ptr(decoder_bias))
         self._arr = ctypes.c_void_p * len(layers)
         self._shapes = [(1, H) for H in self.widths]
 
@@ -392,7 +405,7 @@ class RhnStep:
     def __call__(self, token: int, layer_states) -> tuple[torch.Tensor, list]:
         """Log-probabilities (V,) after ``token`` and the new per-layer state, each (1, H)."""
         new = [torch.empty(shape) for shape in self._shapes]
-        out = torch.empty(self.vocab)
+        out = torch.empty(self.vocab) if self.vocab else None
         arr = self._arr
         self.kernels._ok(self.kernels.lib.sd_rhn_step(ctypes.byref(self._rhn), token,
                                                      arr(*[t.data_ptr() for t in layer_states]),
@@ -408,24 +421,24 @@ class OnlstmStep:
 
     ``layers``: per layer ``(w_ih, bias, w_hh)`` as the ON-LSTM ``SparseTrunk`` holds them."""
 
-    def __init__(self, kernels: CompiledKernels, encoder: Matrix, layers, scale: float, chunk: int, decoder: Matrix,
-                 decoder_bias: torch.Tensor):
+    def __init__(self, kernels: CompiledKernels, encoder: Matrix, layers, scale: float, chunk: int,
+                 decoder: Matrix | None, decoder_bias: torch.Tensor | None):
         self.kernels = kernels
         self.widths = [w_hh.cols for _, _, w_hh in layers]
-        self.vocab = decoder.rows
+        self.vocab = decoder.rows if decoder is not None else 0
         for w_ih, bias, w_hh in layers:
             H = w_hh.cols
             if H % chunk or w_hh.rows != 2 * (H // chunk) + 4 * H or w_ih.rows != w_hh.rows:
                 raise ValueError(f"on_lstm: W_ih/W_hh have {w_ih.rows}/{w_hh.rows} rows, expected "
                                  f"{2 * (H // chunk) + 4 * H} for chunks of {chunk}")
             _check(bias, "bias", (w_hh.rows,))
-        _check(decoder_bias, "decoder_bias", (decoder.rows,))
+        _check_decoder(decoder, decoder_bias)
         self._keep = [decoder_bias, *(b for _, b, _ in layers)]  # what the C structures point to
         self._layers = (SdOnlstmLayer * len(layers))(*[
             SdOnlstmLayer(ctypes.pointer(struct(w_ih)), _ptr(bias), ctypes.pointer(struct(w_hh)), scale, chunk)
             for w_ih, bias, w_hh in layers])
         self._model = SdOnlstm(len(layers), 0, ctypes.pointer(struct(encoder, 0)), self._layers,
-                               ctypes.pointer(struct(decoder)), _ptr(decoder_bias))
+                               _decoder_ptr(decoder), _ptr(decoder_bias))
         self._arr = ctypes.c_void_p * len(layers)
         self._shapes = [(1, H) for H in self.widths]
 
@@ -445,7 +458,7 @@ class OnlstmStep:
         arr = self._arr
         new_h = [torch.empty(shape) for shape in self._shapes]
         new_c = [torch.empty(shape) for shape in self._shapes]
-        out = torch.empty(self.vocab)
+        out = torch.empty(self.vocab) if self.vocab else None
         self.kernels._ok(self.kernels.lib.sd_onlstm_step(
             ctypes.byref(self._model), token, arr(*[s[0].data_ptr() for s in layer_states]),
             arr(*[s[1].data_ptr() for s in layer_states]), arr(*[t.data_ptr() for t in new_h]),

@@ -90,6 +90,9 @@ class SparseBackend(Backend):
         if self.step is None or not self.step.usable(state):
             return None
         logp, layers = self.step(token, state)
+        if logp is None:  # the call ran the trunk only: the head (MoS) on the last layer's output
+            last = layers[-1][0] if type(layers[-1]) is tuple else layers[-1]
+            logp = self.head(last.view(-1, 1), full=True)["logprobs"]
         return logp.view(1, 1, -1), State(layers)
 
     def forward(self, tokens, state):

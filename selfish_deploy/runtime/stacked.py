@@ -58,14 +58,16 @@ class StackedTrunk:
         return self.encoder.device
 
     def fused_step(self, head):
-        """The compiled one-call batch-1 step (this trunk and a softmax head: kernels.compiled.StackStep), or
-        None (the reference kernels, another head)."""
+        """The compiled one-call batch-1 step (kernels.compiled.StackStep: with a softmax head the decoder too;
+        with another head, as MoS, the trunk only), or None (the reference kernels)."""
         from ..families.decoders import SoftmaxHead
         from ..kernels.compiled import StackStep
 
-        if not hasattr(self.kernels, "lib") or not isinstance(head, SoftmaxHead):
+        if not hasattr(self.kernels, "lib"):
             return None
-        return StackStep(self.kernels, self.cell, self.encoder, self.layers, self.table, head.weight, head.bias)
+        fused = isinstance(head, SoftmaxHead)  # another head (MoS) runs after the call, on the last layer's h
+        return StackStep(self.kernels, self.cell, self.encoder, self.layers, self.table,
+                         head.weight if fused else None, head.bias if fused else None)
 
     def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Last layer's outputs (H, T*B), feature-major, and the new state."""

@@ -11,6 +11,8 @@
 #pragma once
 #include <cstdint>
 
+#include <type_traits>
+
 #include "simd.h"
 
 extern "C" {
@@ -51,7 +53,7 @@ struct sd_stack {
     const sd_matrix* encoder;  // used when table is null
     const float* table;        // (V, G*H0): W_ih0 E[v] + proj_bias of layer 0, or null
     const sd_stack_layer* layer;
-    const sd_matrix* decoder;  // with its SELL-8 copy over all rows
+    const sd_matrix* decoder;  // with its SELL-8 copy over all rows; null: the trunk only (logprobs unused)
     const float* decoder_bias;
 };
 
@@ -205,6 +207,47 @@ static inline void rows8(const Csr<I, V>& W, int64_t r0, const float* X, int64_t
         for (int k = 0; k < 8; ++k) s[k] = fmadd(load_value(v, k), X[(int64_t)c[k] * ldx], s[k]);
     for (int k = 0; k < 8; ++k) out[k] = s[k];
 #endif
+}
+
+// rows8 for NC (2..7) columns of X at once (columns q = 0..NC-1 at X + q): acc[q] lane k is row_at(r0 + k)'s sum
+// for column q, bit for bit rows8's (the same entries in the same order). The slice's indices and values are
+// read once for all NC columns: few columns (a small generation batch, MoS's experts at batch 1) cost less
+// than one pass per column, and less than a row-wise pass with NC masked lanes.
+template <int NC, class I, class V>
+static inline void rows8_cols(const Csr<I, V>& W, int64_t r0, const float* X, int64_t ldx, vf8* acc) {
+    int64_t sl = 0, in = r0;
+    for (; in >= W.sell_block; in -= W.sell_block) sl += (W.sell_block + 7) / 8;
+    sl += in / 8;
+    const int64_t b = W.sell_ptr[sl], len = (W.sell_ptr[sl + 1] - b) / 8;
+    const I* c = W.sell_col + b;
+    const V* v = W.sell_val + b;
+    for (int q = 0; q < NC; ++q) acc[q] = vf8{};
+#if SD_AVX2
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
+        const __m256 w = load8_values(v);
+        const float* p[8];
+        for (int k = 0; k < 8; ++k) p[k] = X + (int64_t)c[k] * ldx;
+        for (int q = 0; q < NC; ++q) {
+            const __m256 x = _mm256_set_ps(p[7][q], p[6][q], p[5][q], p[4][q], p[3][q], p[2][q], p[1][q], p[0][q]);
+            acc[q] = (vf8)_mm256_fmadd_ps(w, x, (__m256)acc[q]);
+        }
+    }
+#else
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8)
+        for (int q = 0; q < NC; ++q)
+            for (int k = 0; k < 8; ++k) acc[q][k] = fmadd(load_value(v, k), X[(int64_t)c[k] * ldx + q], acc[q][k]);
+#endif
+}
+
+// f(std::integral_constant<int, nc>) for 2 <= nc <= SMALL_N (the column counts rows8_cols serves).
+constexpr int SMALL_N = 4;
+template <class F>
+static inline void with_small_n(int64_t nc, F&& f) {
+    switch (nc) {
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        case 3: f(std::integral_constant<int, 3>{}); break;
+        default: f(std::integral_constant<int, 4>{}); break;
+    }
 }
 
 // The same sums for 8 * NV consecutive columns of X at once (lanes are columns).
