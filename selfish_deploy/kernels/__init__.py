@@ -2,9 +2,10 @@
 
 Six ops, one signature each (reference.py documents the layouts): ``spmm`` (W X + b), ``embed`` (rows as
 columns), ``recurrent`` (T steps of a fused cell), ``rhn_recurrent`` (T steps of a recurrent highway layer's L
-micro-steps), ``onlstm_recurrent`` (T steps of an ON-LSTM layer), ``decoder`` (W X + b, then log-softmax: target
-log-probabilities, top-1, or all of them); and, compiled only, ``StackStep``: a whole batch-1 generation step
-of a stacked model in one call (the same numbers as the four ops, fewer threads' wake-ups and Python calls). ``kernels_for(device)`` picks the implementation; ``report()`` (or
+micro-steps), ``onlstm_recurrent`` (T steps of an ON-LSTM layer), ``decoder`` (W X + b, then log-softmax:
+target log-probabilities, top-1, or all of them); and, compiled only, ``StackStep``, ``RhnStep`` and
+``OnlstmStep``: a whole batch-1 generation step in one call (the same numbers as the ops, fewer threads'
+wake-ups and Python calls). ``kernels_for(device)`` picks the implementation; ``report()`` (or
 ``python -m selfish_deploy.kernels``) says what was built and which CPU features the kernels use.
 """
 
@@ -52,7 +53,9 @@ def kernels_for(device: str | torch.device = "cpu", threads: int | None = None):
 def report() -> dict:
     """What is available: the library, its build, the instruction set chosen, the CPU's features."""
     lib, how = load()
-    info = {"compiled_cpu": lib is not None, "status": how, "ops": ["spmm", "embed", "recurrent", "rhn_recurrent", "onlstm_recurrent", "decoder", "stack_step"],
+    ops = ["spmm", "embed", "recurrent", "rhn_recurrent", "onlstm_recurrent", "decoder", "stack_step", "rhn_step",
+           "onlstm_step"]
+    info = {"compiled_cpu": lib is not None, "status": how, "ops": ops,
             "reference": "PyTorch (torch.sparse CSR; cuSPARSE on CUDA)", "cuda": torch.cuda.is_available()}
     if lib is not None:
         from .compiled import CompiledKernels
