@@ -506,6 +506,19 @@ def test_generic_instruction_set_is_correct_too():
     assert r["name"] == "compiled-cpu (generic)" and r["err"] < 1e-5
 
 
+@needs_compiled
+@pytest.mark.skipif(os.environ.get("SELFISH_KERNELS_ISA") == "generic", reason="this is the generic run")
+def test_generic_instruction_set_passes_the_kernel_grid():
+    """The baseline build (no AVX2) against the same references: this file's product, decoder and
+    recurrence tests in a subprocess with SELFISH_KERNELS_ISA=generic (about 10 s)."""
+    env = {**os.environ, "SELFISH_KERNELS_ISA": "generic"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+                        "spmm or decoder or recurrent or column_does_not or batch1 or panels"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert " passed" in r.stdout
+
+
 def test_missing_library_warns_once_and_falls_back(monkeypatch):
     from selfish_deploy.kernels import loader
 
