@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median_ms, replace_section  # noqa: E402
+from inference import check, inputs  # noqa: E402  the same texts and the same check as the LSTM benchmark
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Inference speed: the paper's other families"
@@ -78,13 +79,6 @@ def write_export(name: str, work: Path) -> Path:
     return out
 
 
-def inputs(V: int):
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, V, (2001,), generator=g).tolist(), torch.randint(0, V, (32, 65), generator=g).tolist()
-
-
 def worker(engine: str, model: str, threads: int, repeats: int) -> dict:
     """Time the three cases with one engine in this process (ms per case)."""
     import torch
@@ -93,7 +87,7 @@ def worker(engine: str, model: str, threads: int, repeats: int) -> dict:
 
     torch.set_num_threads(threads)
     lm = SparseLM.load(model, backend=engine, threads=threads)
-    long, short = inputs(len(lm.vocab))
+    long, short = (t.tolist() for t in inputs(len(lm.vocab)))
     state = [lm.init_state(1)]
     tok = torch.tensor([[5]])
 
@@ -104,22 +98,6 @@ def worker(engine: str, model: str, threads: int, repeats: int) -> dict:
     reps = {"a": max(50, 20 * repeats), "b": repeats, "c": repeats}
     return {"engine": engine, "kernels": lm.backend.kernels_name,
             **{k: median_ms(fn, reps[k], warmup=2) for k, fn in cases.items()}}
-
-
-def check(model: str) -> float:
-    """Max relative error of the sparse engine's scores against the dense backend."""
-    import torch
-
-    from selfish_deploy.runtime import SparseLM
-
-    sparse, dense = SparseLM.load(model, "sparse"), SparseLM.load(model, "dense")
-    long, short = inputs(len(sparse.vocab))
-    worst = 0.0
-    for seqs in ([long[:300]], short):
-        a = torch.tensor([x for s in sparse.score_ids(seqs) for x in s.logprobs])
-        b = torch.tensor([x for s in dense.score_ids(seqs) for x in s.logprobs])
-        worst = max(worst, float((a - b).abs().max() / b.abs().max()))
-    return worst
 
 
 def spawn(*args) -> dict:
@@ -144,7 +122,7 @@ def main() -> None:
         print(json.dumps(worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--check":
-        print(json.dumps({"rel_err": check(sys.argv[2])}))
+        print(json.dumps({"max_rel_err": check(sys.argv[2])}))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -160,7 +138,7 @@ def main() -> None:
         rows, errors = [], {}
         for name in args.models:
             model = write_export(name, work)
-            errors[name] = spawn("--check", model)["rel_err"]
+            errors[name] = spawn("--check", model)["max_rel_err"]
             for threads in args.threads:
                 times = {e: {} for e in ENGINES}
                 for _ in range(args.rounds):

@@ -137,3 +137,45 @@ def hub_endpoint(hub_server, tmp_path, monkeypatch):
     monkeypatch.setattr(hf_api.api, "endpoint", url)  # the instance behind huggingface_hub.create_repo & co.
     assert hf_hub_url("o/r", "f", revision="a/b") == f"{url}/o/r/resolve/a%2Fb/f", "huggingface_hub changed"
     yield url
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """(arch, density, dtype, tie) -> the export directory (with model.onnx) of a random 2-layer model of
+    ``arch`` (write_run's weights and masks, vocabulary 41, widths 10 and 14), made on first use."""
+    from selfish_deploy.export.writer import export_run
+
+    root, made = tmp_path_factory.mktemp("exports"), {}
+
+    def get(arch, density, dtype="fp32", tie=True):
+        key = (arch, density, dtype, tie)
+        if key not in made:
+            name = f"{arch}-{density}-{dtype}-{tie}"
+            run = write_run(root / f"run-{name}", arch=arch, tie=tie, density=density, vocab_size=41, emb=10,
+                            hidden=14, layers=2, seed=len(made))
+            made[key] = root / f"export-{name}"
+            export_run(run, made[key], dtype, onnx=True)
+        return made[key]
+
+    return get
+
+
+def assert_one_call_step_is_the_general_path(lm, tokens=(0, 7, 40), seed=4):
+    """Generation steps of ``lm`` (a sparse SparseLM with a compiled one-call step) from a random state equal
+    the backend's general path (trunk, then head) bit for bit, numbers and state; a state in another layout
+    (strided) is declined by the step and falls back to that path."""
+    be = lm.backend
+    assert be.step is not None
+    gen = torch.Generator().manual_seed(seed)
+    state = lm.init_state(1).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
+    for token in tokens:
+        fast, fast_state = lm.forward(torch.tensor([[token]]), state)
+        with torch.inference_mode():
+            x, slow_state = be.trunk(torch.tensor([[token]]), state)
+            slow = be.head(x, full=True)["logprobs"].view(1, 1, -1)
+        assert torch.equal(fast, slow) and fast.shape == (1, 1, len(lm.vocab))
+        assert all(torch.equal(a, b) for a, b in zip(fast_state.tensors(), slow_state.tensors()))
+        state = fast_state
+    strided = state.map(lambda t: torch.stack([t, t], -1)[..., 0])
+    assert not be.step.usable(strided)
+    assert torch.equal(lm.forward(torch.tensor([[3]]), strided)[0], lm.forward(torch.tensor([[3]]), state)[0])

@@ -470,18 +470,10 @@ def test_gpu_recipe_is_the_authors_wikitext2_model():
 def test_one_call_trunk_step_then_the_head_equals_the_general_path(mos_export):
     """A generation step runs the trunk in one compiled call (StackStep without a decoder), then the MoS head
     on the last layer's h: bit for bit the general path's numbers and state."""
+    from conftest import assert_one_call_step_is_the_general_path
+
     from selfish_deploy.runtime import SparseLM
 
     lm = SparseLM.load(mos_export)
-    be = lm.backend
-    assert be.step is not None and be.step.vocab == 0  # the trunk only
-    gen = torch.Generator().manual_seed(2)
-    state = lm.init_state(1).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
-    for token in (0, 5, len(lm.vocab) - 1):
-        fast, fast_state = lm.forward(torch.tensor([[token]]), state)
-        with torch.inference_mode():
-            x, slow_state = be.trunk(torch.tensor([[token]]), state)
-            slow = be.head(x, full=True)["logprobs"].view(1, 1, -1)
-        assert torch.equal(fast, slow) and fast.shape == (1, 1, len(lm.vocab))
-        assert all(torch.equal(a, b) for a, b in zip(fast_state.tensors(), slow_state.tensors()))
-        state = fast_state
+    assert lm.backend.step.vocab == 0  # the trunk only
+    assert_one_call_step_is_the_general_path(lm, tokens=(0, 5, len(lm.vocab) - 1), seed=2)

@@ -497,22 +497,9 @@ def test_cuda_runtime_and_training_step_equal_cpu(on_lstm_run):
 def test_one_call_step_equals_the_general_path(on_lstm_run):
     """A generation step goes through the compiled one-call step (OnlstmStep): bit for bit the numbers and
     state of embed + spmm + onlstm_recurrent + decoder; a state in another layout falls back to that path."""
+    from conftest import assert_one_call_step_is_the_general_path
+
     from selfish_deploy.runtime import SparseLM
 
-    _, export_dir = on_lstm_run
-    lm = SparseLM.load(export_dir)
-    be = lm.backend
-    assert be.step is not None
-    gen = torch.Generator().manual_seed(4)
-    state = lm.init_state(1).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
-    for token in (0, 7, len(lm.vocab) - 1):
-        fast, fast_state = lm.forward(torch.tensor([[token]]), state)
-        with torch.inference_mode():
-            x, slow_state = be.trunk(torch.tensor([[token]]), state)
-            slow = be.head(x, full=True)["logprobs"].view(1, 1, -1)
-        assert torch.equal(fast, slow)
-        assert all(torch.equal(a, b) for a, b in zip(fast_state.tensors(), slow_state.tensors()))
-        state = fast_state
-    strided = state.map(lambda t: torch.stack([t, t], -1)[..., 0])
-    assert not be.step.usable(strided)
-    assert torch.equal(lm.forward(torch.tensor([[3]]), strided)[0], lm.forward(torch.tensor([[3]]), state)[0])
+    lm = SparseLM.load(on_lstm_run[1])
+    assert_one_call_step_is_the_general_path(lm, tokens=(0, 7, len(lm.vocab) - 1))

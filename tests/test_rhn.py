@@ -397,70 +397,31 @@ def test_tiny_run_is_served_and_every_backend_agrees(tiny_rhn):
     assert greedy["sparse"] == greedy["dense"] == greedy["onnx"] and len(greedy["sparse"]) == 5
 
 
-@pytest.fixture(scope="module")
-def rhn_exports(tmp_path_factory):
-    """density -> the export of a random 2-layer RHN (depth 10, vocabulary 41), with model.onnx."""
-    from conftest import write_run
-
-    from selfish_deploy.export.writer import export_run
-
-    root, made = tmp_path_factory.mktemp("rhn-exports"), {}
-
-    def get(density, dtype="fp32"):
-        if (density, dtype) not in made:
-            run = write_run(root / f"run-{density}-{dtype}", arch="rhn", density=density, vocab_size=41, emb=10,
-                            hidden=14, layers=2, seed=int(density * 100))
-            made[density, dtype] = root / f"export-{density}-{dtype}"
-            export_run(run, made[density, dtype], dtype, onnx=True)
-        return made[density, dtype]
-
-    return get
-
-
-@pytest.mark.parametrize("density,dtype", [(0.05, "fp32"), (0.33, "fp16"), (0.47, "fp32"), (1.0, "fp32")])
-def test_backends_agree_on_two_layers_at_every_batch(rhn_exports, density, dtype):
-    """Two layers of depth 10 (20 micro-steps a token): sparse (the compiled micro-step loop) and onnx equal
-    the dense backend at batch 1, 3 and 64; a batched sequence's numbers are its numbers alone, bit for bit
-    (sparse matrices)."""
+@pytest.mark.parametrize("density,dtype", [(0.05, "fp32"), (0.33, "fp16"), (0.47, "fp32")])
+def test_batched_sequences_are_themselves_alone(exports, density, dtype):
+    """Two layers of depth 10 (20 micro-steps a token; test_runtime checks every backend against dense at
+    batch 1, 3 and 64): a batched sequence's numbers are its numbers alone, bit for bit, and equal dense."""
     from selfish_deploy.runtime import SparseLM
 
-    path = rhn_exports(density, dtype)
-    lms = {b: SparseLM.load(path, backend=b) for b in ("sparse", "dense", "onnx")}
+    path = exports("rhn", density, dtype)
+    sparse, dense = SparseLM.load(path), SparseLM.load(path, backend="dense")
     gen = torch.Generator().manual_seed(1)
-    for B in (1, 3, 64):
+    for B in (3, 64):
         tokens = torch.randint(0, 41, (5, B), generator=gen)
-        state = lms["dense"].init_state(B).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
-        want, want_state = lms["dense"].forward(tokens, state)
-        for name in ("sparse", "onnx"):
-            got, got_state = lms[name].forward(tokens, state)
-            assert _rel(got, want) < 1e-5, (name, B)
-            assert all(_rel(a, b) < 1e-5 for a, b in zip(got_state.tensors(), want_state.tensors()))
-        if B > 1 and density < 1.0:  # dense matrices are BLAS's from 8 columns on: equal to rounding only
-            got, _ = lms["sparse"].forward(tokens, state)
-            alone, _ = lms["sparse"].forward(tokens[:, 2:3].contiguous(), state.select([2]))
-            assert torch.equal(got[:, 2:3], alone)
+        state = sparse.init_state(B).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
+        got, _ = sparse.forward(tokens, state)
+        assert _rel(got, dense.forward(tokens, state)[0]) < 1e-5
+        alone, _ = sparse.forward(tokens[:, 2:3].contiguous(), state.select([2]))
+        assert torch.equal(got[:, 2:3], alone)
 
 
 @pytest.mark.skipif(not kernels.compiled_available(), reason="compiled kernels not built")
 @pytest.mark.parametrize("density", [0.33, 1.0])
-def test_one_call_step_equals_the_general_path(rhn_exports, density):
+def test_one_call_step_equals_the_general_path(exports, density):
     """A generation step goes through the compiled one-call step (RhnStep): bit for bit the numbers and state
     of embed + spmm + rhn_recurrent + decoder; a state in another layout falls back to that path."""
+    from conftest import assert_one_call_step_is_the_general_path
+
     from selfish_deploy.runtime import SparseLM
 
-    lm = SparseLM.load(rhn_exports(density))
-    be = lm.backend
-    assert be.step is not None
-    gen = torch.Generator().manual_seed(4)
-    state = lm.init_state(1).map(lambda t: torch.rand(t.shape, generator=gen) - 0.5)
-    for token in (0, 7, 40):
-        fast, fast_state = lm.forward(torch.tensor([[token]]), state)
-        with torch.inference_mode():
-            x, slow_state = be.trunk(torch.tensor([[token]]), state)
-            slow = be.head(x, full=True)["logprobs"].view(1, 1, -1)
-        assert torch.equal(fast, slow) and fast.shape == (1, 1, 41)
-        assert all(torch.equal(a, b) for a, b in zip(fast_state.tensors(), slow_state.tensors()))
-        state = fast_state
-    strided = state.map(lambda t: torch.stack([t, t], -1)[..., 0])
-    assert not be.step.usable(strided)
-    assert torch.equal(lm.forward(torch.tensor([[3]]), strided)[0], lm.forward(torch.tensor([[3]]), state)[0])
+    assert_one_call_step_is_the_general_path(SparseLM.load(exports("rhn", density)))

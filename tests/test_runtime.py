@@ -20,27 +20,7 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """(arch, density, dtype) -> export directory with model.onnx, made on first use."""
-    from conftest import write_run
-
-    root, made = tmp_path_factory.mktemp("runtime"), {}
-
-    def get(arch, density, dtype="fp32", tie=True):
-        key = (arch, density, dtype, tie)
-        if key not in made:
-            name = f"{arch}-{density}-{dtype}-{tie}"
-            run = write_run(root / f"run-{name}", arch=arch, tie=tie, density=density, vocab_size=41, emb=10,
-                            hidden=14, layers=2, seed=len(made))
-            made[key] = root / f"export-{name}"
-            export_run(run, made[key], dtype, onnx=True)
-        return made[key]
-
-    return get
-
-
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "rhn"])  # rhn: 2 layers of depth 10, the compiled micro-steps
 @pytest.mark.parametrize("density", [0.05, 0.33, 1.0])
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_backends_equal_dense(exports, arch, density, dtype):

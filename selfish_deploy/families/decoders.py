@@ -62,6 +62,12 @@ class SoftmaxHead:
         return self.kernels.decoder(self.weight, self.bias, x, targets, full=full, top1=top1)
 
 
+def fused_decoder(head) -> tuple:
+    """What a trunk's one-call step (``fused_step``) runs of ``head``: a softmax head's matrix and bias; for
+    another head (MoS), (None, None): the call runs the trunk only and the backend runs the head after it."""
+    return (head.weight, head.bias) if isinstance(head, SoftmaxHead) else (None, None)
+
+
 def _onnx_head(graph, exported, x: str) -> str:
     """``Gemm(x, W, b, transB=1) -> LogSoftmax``: (N, out) -> (N, V)."""
     cfg = exported.model_config

@@ -250,21 +250,12 @@ class SparseTrunk:
             bias = (vector(p + "ih.0.bias") + vector(p + "hh.bias")).contiguous()  # b_hh is not scaled
             self.layers.append((matrix(p + "ih.0.weight"), bias, matrix(p + "hh.weight")))
 
-    @property
-    def device(self) -> torch.device:
-        return self.encoder.device
-
-    def fused_step(self, head):
-        """The compiled one-call batch-1 step (kernels.compiled.OnlstmStep: with a softmax head the decoder too;
-        with another head, as MoS, the trunk only), or None (the reference kernels)."""
+    def fused_step(self, decoder, decoder_bias):
+        """The compiled one-call batch-1 step (kernels.compiled.OnlstmStep), with ``decoder`` or the trunk only."""
         from ..kernels.compiled import OnlstmStep
-        from .decoders import SoftmaxHead
 
-        if not hasattr(self.kernels, "lib"):
-            return None
-        fused = isinstance(head, SoftmaxHead)  # another head (MoS) runs after the call, on the last layer's h
-        return OnlstmStep(self.kernels, self.encoder, self.layers, self.hh_scale, self.chunk_size,
-                          head.weight if fused else None, head.bias if fused else None)
+        return OnlstmStep(self.kernels, self.encoder, self.layers, self.hh_scale, self.chunk_size, decoder,
+                          decoder_bias)
 
     def __call__(self, tokens: torch.Tensor, state) -> tuple[torch.Tensor, list]:
         from ..runtime.state import State  # lazily: the runtime package imports the model, which imports us

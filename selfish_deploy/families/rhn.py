@@ -199,21 +199,11 @@ class RHNSparseTrunk:
             biases = [None] + [vector(_prefix(k, l) + "R.bias") for l in range(1, depth(cfg))]
             self.layers.append((matrix(w + "weight"), proj_bias, rs, biases))
 
-    @property
-    def device(self) -> torch.device:
-        return self.encoder.device
-
-    def fused_step(self, head):
-        """The compiled one-call batch-1 step (kernels.compiled.RhnStep: with a softmax head the decoder too;
-        with another head, as MoS, the trunk only), or None (the reference kernels)."""
+    def fused_step(self, decoder, decoder_bias):
+        """The compiled one-call batch-1 step (kernels.compiled.RhnStep), with ``decoder`` or the trunk only."""
         from ..kernels.compiled import RhnStep
-        from .decoders import SoftmaxHead
 
-        if not hasattr(self.kernels, "lib"):
-            return None
-        fused = isinstance(head, SoftmaxHead)  # another head (MoS) runs after the call, on the last layer's s
-        return RhnStep(self.kernels, self.encoder, self.layers, head.weight if fused else None,
-                       head.bias if fused else None)
+        return RhnStep(self.kernels, self.encoder, self.layers, decoder, decoder_bias)
 
     def __call__(self, tokens: torch.Tensor, state):
         from ..runtime.state import State  # the runtime's type; imported late so training never needs it

@@ -15,6 +15,7 @@ from ..csr import CSR
 from ..errors import UserError
 from ..exportdir import ExportedModel
 from ..families import get_decoder, get_family
+from ..families.decoders import fused_decoder
 from ..model import build_model
 from .state import State
 
@@ -81,8 +82,9 @@ class SparseBackend(Backend):
         trunk, head = sparse_parts(exported.model_config)
         self.trunk = trunk(exported, matrix, vector, self.kernels)
         self.head = head(exported, matrix, vector, self.kernels)
-        fused = getattr(self.trunk, "fused_step", None)
-        self.step = fused(self.head) if fused is not None else None  # batch 1 in one compiled call
+        fused = getattr(self.trunk, "fused_step", None)  # batch 1 in one compiled call (not in the reference)
+        compiled = self.kernels.name != "reference"
+        self.step = fused(*fused_decoder(self.head)) if fused is not None and compiled else None
 
     def step_token(self, token: int, state):
         """One token of one sequence through the compiled batch-1 step: (logprobs (1, 1, V), state), or None

@@ -53,21 +53,11 @@ class StackedTrunk:
             table[v0:v0 + ids.numel()] = self.kernels.spmm(w_ih, self.kernels.embed(self.encoder, ids), bias).t()
         return table
 
-    @property
-    def device(self) -> torch.device:
-        return self.encoder.device
-
-    def fused_step(self, head):
-        """The compiled one-call batch-1 step (kernels.compiled.StackStep: with a softmax head the decoder too;
-        with another head, as MoS, the trunk only), or None (the reference kernels)."""
-        from ..families.decoders import SoftmaxHead
+    def fused_step(self, decoder, decoder_bias):
+        """The compiled one-call batch-1 step (kernels.compiled.StackStep), with ``decoder`` or the trunk only."""
         from ..kernels.compiled import StackStep
 
-        if not hasattr(self.kernels, "lib"):
-            return None
-        fused = isinstance(head, SoftmaxHead)  # another head (MoS) runs after the call, on the last layer's h
-        return StackStep(self.kernels, self.cell, self.encoder, self.layers, self.table,
-                         head.weight if fused else None, head.bias if fused else None)
+        return StackStep(self.kernels, self.cell, self.encoder, self.layers, self.table, decoder, decoder_bias)
 
     def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Last layer's outputs (H, T*B), feature-major, and the new state."""
