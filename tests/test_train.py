@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -65,6 +67,45 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+AWD_TINY = ["--arch", "awd_lstm", "--layers", "3", "--batch-size", "10", "--max-batches", "8"]  # variable BPTT
+
+
+@pytest.mark.parametrize("extra", [
+    ["--method", "selfish", "--asgd-after", "0", "--max-batches", "8"],  # averaging from the first step
+    [*AWD_TINY, "--method", "selfish", "--update-every", "3", "--asgd-after", "1"],  # its own windows; in-epoch updates
+], ids=["lstm-averaging", "awd-lstm"])
+def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(data_dir, tmp_path, extra, capsys):
+    """A real SIGTERM (sent from a global forward hook in the 5th training batch) stops the run at that
+    batch's end with a checkpoint (exit code 143); resumed, the run equals one never stopped. The stopped run
+    also checkpoints every batch (--checkpoint-minutes tiny): the checkpoints themselves change nothing."""
+    assert train(data_dir, tmp_path / "straight", "--epochs", "2", *extra) == 0
+    forwards = 0
+
+    def sigterm_in_fifth_batch(module, args, output):
+        nonlocal forwards
+        if module.training and type(module).__name__ == "RNNLM":
+            forwards += 1
+            if forwards == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(sigterm_in_fifth_batch)
+    try:
+        rc = train(data_dir, tmp_path / "split", "--epochs", "2", "--checkpoint-minutes", "1e-9", *extra)
+    finally:
+        hook.remove()
+    assert rc == 143 and forwards == 5
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM in epoch 1 after batch 5/8" in err and "--resume" in err and "Traceback" not in err
+    partial = load_checkpoint(tmp_path / "split")["partial"]
+    assert partial["batches"] == 5 and len(partial["windows"]) == 8
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the run
+    assert main(["--resume", str(tmp_path / "split")]) == 0
+    assert metrics(tmp_path / "split") == metrics(tmp_path / "straight")
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "partial" not in load_checkpoint(tmp_path / "split")  # the last one is the epoch's
+
+
 def test_an_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert train(data_dir, out, "--epochs", "1", "--dry-run") == 0
@@ -113,3 +154,15 @@ def test_bad_input_exits_2_with_a_message(argv, fragment, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+def test_stop_signals_first_ctrl_c_asks_second_stops_at_once():
+    from selfish_deploy.training.stopping import StopSignals
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested == signal.SIGINT  # the first only asks
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

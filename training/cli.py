@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from selfish_deploy.rundir import read_json
 from .config import TrainConfig, load_recipe, upgrade_saved
 from .methods import METHODS
 from .optim import OPTIMIZERS
+from .stopping import TrainingStopped
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ HELP = {
     "out": "run directory to write",
     "log_interval": "batches between progress-bar loss updates",
     "stop_after_epoch": "end this invocation after that epoch; continue later with --resume",
+    "checkpoint_minutes": "minutes between checkpoints inside an epoch, which --resume continues from exactly "
+                          "(SIGTERM and Ctrl-C also write one, at the next batch, then exit 143 / 130)",
     "dry_run": "one batch per epoch and evaluation: checks the whole path quickly",
     "max_batches": "train on at most this many batches per epoch (schedules shrink to match); "
                    "evaluation still covers the whole split",
@@ -80,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="TOML", help="recipe file (or the name of a bundled recipe)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly from its checkpoint "
-                   "(its config is used; only --epochs, --stop-after-epoch and --device may change)")
+                   "(its config is used; only --epochs, --stop-after-epoch, --checkpoint-minutes and --device may change)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run already in --out (without it, an existing run is never touched)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -128,7 +132,7 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         saved = read_json(run_dir / "config.json").get("train")
         if not isinstance(saved, dict):
             raise UserError(f"{run_dir}/config.json has no 'train' section")
-        changeable = {k: v for k, v in flags.items() if k in ("epochs", "stop_after_epoch", "device")}
+        changeable = {k: v for k, v in flags.items() if k in ("epochs", "stop_after_epoch", "checkpoint_minutes", "device")}
         ignored = sorted(set(flags) - set(changeable))
         if ignored:
             log.warning("--resume uses the run's config; ignoring %s", ", ".join(ignored))
@@ -142,7 +146,11 @@ def body(args: argparse.Namespace) -> int:
     from .trainer import train  # heavy imports after argument checks
 
     cfg, resume = resolve(args)
-    train(cfg, resume=resume, overwrite=args.overwrite)
+    try:
+        train(cfg, resume=resume, overwrite=args.overwrite)
+    except TrainingStopped as e:  # checkpointed: a one-line message and the shell's code for the signal
+        print(f"selfish-train: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

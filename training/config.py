@@ -77,6 +77,7 @@ class TrainConfig:
     out: str = "runs/default"
     log_interval: int = 200
     stop_after_epoch: int | None = None  # end this invocation after that epoch (resume later)
+    checkpoint_minutes: float | None = 10.0  # also checkpoint inside an epoch this often (None: at its end only)
     dry_run: bool = False  # one batch per epoch and split: checks the whole path in seconds
     max_batches: int | None = None  # cap training batches per epoch (benchmarks, smoke runs); None: whole split
 
@@ -104,6 +105,8 @@ class TrainConfig:
             raise UserError(f"--test-batch-size must be at least 1, got {self.test_batch_size}")
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes <= 0:
+            raise UserError(f"--checkpoint-minutes must be positive, got {self.checkpoint_minutes}")
         if self.max_batches is not None and self.max_batches < 1:
             raise UserError(f"--max-batches must be at least 1, got {self.max_batches}")
         if self.nonmono < 0 or (self.asgd_after is not None and self.asgd_after < 0):

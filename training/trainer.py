@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import statistics
 import time
 from dataclasses import dataclass
@@ -41,10 +42,18 @@ from .methods import get_method
 from .optim import build_optimizer
 from .plots import plot_run
 from .regularization import add_ar_tar, loop_options, scaled_lr
+from .stopping import StopSignals, TrainingStopped
 
 log = logging.getLogger(__name__)
 
 PLOT_EVERY_S = 60.0  # the plots are redrawn after an epoch when this long has passed (and at the end): ~1 s each time
+
+
+def like(template, saved):
+    """``saved`` (a checkpoint's lists of tensors) in the structure, device and dtype of ``template``."""
+    if isinstance(template, torch.Tensor):
+        return saved.to(device=template.device, dtype=template.dtype)
+    return type(template)(like(t, v) for t, v in zip(template, saved, strict=True))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +109,9 @@ class LoopState:
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train per ``cfg`` into ``cfg.out``; with ``resume`` continue exactly from its checkpoint.
+
+    The checkpoint is written after every epoch and, inside one, every ``cfg.checkpoint_minutes``; SIGTERM or
+    Ctrl-C write one at the next batch boundary, then raise ``TrainingStopped``.
 
     A directory that already holds a run is only replaced with ``overwrite``: a repeated command must not
     erase hours of training."""
@@ -167,9 +179,11 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                         len(ranks), world.size)
         set_rng_state(ranks[world.rank] if world.rank < len(ranks) else ranks[0], device)
         loop = LoopState(**ckpt["loop"])
+        partial = ckpt.get("partial")  # written inside an epoch: the rest of that epoch comes first
         metrics = MetricsLog(out / "metrics.jsonl", keep_lines=ckpt["metrics_lines"], write=main)
         log.info("resumed %s after epoch %d (step %d)", out, loop.epoch, loop.step)
     else:
+        partial = None
         metrics = MetricsLog(out / "metrics.jsonl", write=main)
         if main:
             corpus.vocab.save(out / "vocab.txt")
@@ -204,98 +218,9 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                        "lr": optimizer.param_groups[0]["lr"], "phase": getattr(optimizer, "phase", "sgd"),
                        **update})
 
-    last_plot = -math.inf  # the first epoch's plots are drawn at once
-    while loop.epoch < cfg.epochs:
-        epoch = loop.epoch + 1
-        model.train()
-        state = model.init_hidden(train_data.size(1))
-        t0, total_loss, n_batches, step_times = time.time(), 0.0, 0, []
-        windows = ([(i, cfg.bptt) for i in starts] if windows_rng is None else  # (start, length)
-                   windows_rng.windows(train_data.size(0))[: 1 if cfg.dry_run else cfg.max_batches])
-        method.begin_epoch(loop.step + len(windows), last=epoch == cfg.epochs)
-        bar = tqdm(windows, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=None if main else True)
-        for i, seq_len in bar:
-            t_step = time.perf_counter()
-            x, y = get_batch(train_data, i, seq_len)
-            state = repackage(state)
-            model.zero_grad(set_to_none=True)
-            logp, state = model(x, state)
-            loss = F.nll_loss(logp.view(-1, logp.size(-1)), y.reshape(-1))  # = cross_entropy of the logits
-            add_ar_tar(loss, model, knobs.alpha, knobs.beta).backward()  # + AR/TAR if asked; `loss` is logged
-            distributed.average_gradients(params, world)  # before the method reads gradients
-            if cfg.clip_masked_grad:  # ours before issue 15: the norm of the masked gradient
-                method.before_step(loop.step)
-                if sparse:
-                    masks.mask_grads_()
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            else:  # main.py train(): clip_grad_norm_ over every (dense) gradient, then mask.step()
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                method.before_step(loop.step)  # the gradient the step uses (theirs reads it after the clip)
-                if sparse:  # same step as theirs, whose apply_mask zeroes dead weights and momentum after it;
-                    masks.mask_grads_()  # a dense method's masks are all ones: nothing to zero
-            if windows_rng is None:
-                optimizer.step()
-            else:  # main.py train(): lr * seq_len / bptt for this step
-                with scaled_lr(optimizer, seq_len, cfg.bptt):
-                    optimizer.step()
-            if sparse:
-                masks.apply_()
-            loop.step += 1
-            update = method.after_step(loop.step)  # --update-every N only
-            if update is not None:
-                topology_changed(update, epoch)
-            total_loss += loss.item()
-            n_batches += 1
-            step_times.append(time.perf_counter() - t_step)
-            if n_batches % cfg.log_interval == 0:
-                ppl = math.exp(total_loss / n_batches)
-                bar.set_postfix(ppl=f"{ppl:.1f}")
-                if bar.disable and main:  # no terminal: progress goes to the log instead
-                    log.info("epoch %d | %d/%d batches | %.0f ms/batch | train ppl %.1f", epoch, n_batches,
-                             len(windows), 1000 * (time.time() - t0) / n_batches, ppl)
-        train_time = time.time() - t0
-        total_loss, n_seen = distributed.all_sum([total_loss, n_batches], world, device)
-        train_loss = total_loss / n_seen
-        with optimizer.eval_weights():  # SNT-ASGD: the masked averages
-            val_loss = evaluate(model, val_data, cfg.bptt, max_batches, val_world)
-            improved = val_loss < loop.best_val
-            if improved:
-                loop.best_val = val_loss
-                if main:
-                    save_weights(out / "model.safetensors", model, masks.masks)
-        opt_info = optimizer.on_epoch_end(val_loss, epoch)
-        switch, restart = opt_info.pop("switch", None), opt_info.pop("restart", False)
-        loop.epoch = epoch
-        metrics.write({"event": "epoch", "epoch": epoch, "step": loop.step, "train_loss": train_loss,
-                       "val_loss": val_loss, "val_ppl": math.exp(val_loss), "best_val_ppl": math.exp(loop.best_val),
-                       "epoch_time_s": train_time, "step_time_s": statistics.median(step_times), **opt_info,
-                       "density": {n: masks.density(n) for n in masks}, "gates": gate_report(masks)})
-        log.info("epoch %d | %.0fs | train ppl %.2f | val ppl %.2f%s | lr %g | %s", epoch, train_time,
-                 math.exp(train_loss), math.exp(val_loss), " *" if improved else "", opt_info["lr"],
-                 opt_info["phase"])
-        reason = switch or ("restart" if restart else None)
-        if reason:  # averaging begins (trigger, asgd_after) or, with --asgd-restarts, starts again
-            lr = optimizer.param_groups[0]["lr"]
-            metrics.write({"event": "phase", "epoch": epoch, "step": loop.step, "phase": optimizer.phase,
-                           "reason": reason, "lr": lr})
-            log.info("masked averaging (SNT-ASGD) %s after epoch %d (%s) at lr %g",
-                     "starts again" if restart else "begins", epoch, reason, lr)
-        # The per-epoch topology update comes after validation, the best checkpoint and the trigger (main.py:
-        # mask.at_end_of_epoch last; not in the epoch that switches to Sparse_ASGD, whose branch is skipped; in a
-        # restart epoch it still runs, as main_ONLSTM.py's at_end_of_epoch comes before its new Sparse_ASGD).
-        update = None if switch else method.at_epoch_end(loop.step)
-        if update is not None:
-            topology_changed(update, epoch)
-        if world.enabled:
-            digests = distributed.check_in_sync({
-                **dict(model.named_parameters()), **{"mask." + n: m for n, m in masks.masks.items()},
-                **{"eval." + n: t for n, t in optimizer_weights(optimizer, model).items()}},
-                world, f"after epoch {epoch}")
-            metrics.write({"event": "sync", "epoch": epoch, "step": loop.step, "world_size": world.size,
-                           "digests": digests})
-        rank_rng = distributed.gather_objects(rng_state(device), world)  # collective: every rank calls it
-        stopping = cfg.stop_after_epoch is not None and cfg.stop_after_epoch <= epoch < cfg.epochs
+    def save(partial: dict | None = None) -> None:
+        """The checkpoint (collective: every rank calls it); ``partial``: the epoch so far, inside one."""
+        rank_rng = distributed.gather_objects(rng_state(device), world)
         if main:
             save_checkpoint(out, {
                 "weights": dict(model.named_parameters()), "masks": masks.state_dict(),
@@ -304,13 +229,139 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                         **({"bptt": windows_rng.state_dict()} if windows_rng is not None else {}),
                         **({"ranks": rank_rng} if world.enabled else rank_rng[0])},
                 "loop": vars(loop).copy(), "metrics_lines": len(metrics.records),
+                **({"partial": partial} if partial is not None else {}),
             })
-            if stopping or time.monotonic() - last_plot >= PLOT_EVERY_S:  # the last epoch's come after the test
-                plot_run(metrics.records, out / "plots", model_cfg)
+
+    def on_any_rank(*flags: bool) -> list[bool]:
+        """Each flag, true if true on any rank: every rank then takes the collective checkpoint together."""
+        return [v > 0 for v in distributed.all_sum([float(f) for f in flags], world, device)]
+
+    last_plot = -math.inf  # the first epoch's plots are drawn at once
+    last_save, every_s = time.monotonic(), 60.0 * (cfg.checkpoint_minutes or math.inf)
+    with StopSignals() as stop:
+        while loop.epoch < cfg.epochs:
+            epoch = loop.epoch + 1
+            model.train()
+            if partial is None:
+                state = model.init_hidden(train_data.size(1))
+                t0, total_loss, n_batches, step_times = time.time(), 0.0, 0, []
+                windows = ([(i, cfg.bptt) for i in starts] if windows_rng is None else  # (start, length)
+                           windows_rng.windows(train_data.size(0))[: 1 if cfg.dry_run else cfg.max_batches])
+                epoch_start = loop.step
+            else:  # resumed inside this epoch: its windows, carried state and sums so far
+                windows = [tuple(w) for w in partial["windows"]]
+                state = like(model.init_hidden(train_data.size(1)), partial["hidden"])
+                total_loss, n_batches, step_times = partial["loss_sum"], partial["batches"], partial["step_times"]
+                t0, epoch_start = time.time() - partial["train_time_s"], partial["epoch_start_step"]
+                partial = None
+            method.begin_epoch(epoch_start + len(windows), last=epoch == cfg.epochs)
+            bar = tqdm(windows[n_batches:], initial=n_batches, total=len(windows), desc=f"epoch {epoch}/{cfg.epochs}",
+                       unit="batch", leave=False, disable=None if main else True)
+            for i, seq_len in bar:
+                t_step = time.perf_counter()
+                x, y = get_batch(train_data, i, seq_len)
+                state = repackage(state)
+                model.zero_grad(set_to_none=True)
+                logp, state = model(x, state)
+                loss = F.nll_loss(logp.view(-1, logp.size(-1)), y.reshape(-1))  # = cross_entropy of the logits
+                add_ar_tar(loss, model, knobs.alpha, knobs.beta).backward()  # + AR/TAR if asked; `loss` is logged
+                distributed.average_gradients(params, world)  # before the method reads gradients
+                if cfg.clip_masked_grad:  # ours before issue 15: the norm of the masked gradient
+                    method.before_step(loop.step)
+                    if sparse:
+                        masks.mask_grads_()
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                else:  # main.py train(): clip_grad_norm_ over every (dense) gradient, then mask.step()
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                    method.before_step(loop.step)  # the gradient the step uses (theirs reads it after the clip)
+                    if sparse:  # same step as theirs, whose apply_mask zeroes dead weights and momentum after it;
+                        masks.mask_grads_()  # a dense method's masks are all ones: nothing to zero
+                if windows_rng is None:
+                    optimizer.step()
+                else:  # main.py train(): lr * seq_len / bptt for this step
+                    with scaled_lr(optimizer, seq_len, cfg.bptt):
+                        optimizer.step()
+                if sparse:
+                    masks.apply_()
+                loop.step += 1
+                update = method.after_step(loop.step)  # --update-every N only
+                if update is not None:
+                    topology_changed(update, epoch)
+                total_loss += loss.item()
+                n_batches += 1
+                step_times.append(time.perf_counter() - t_step)
+                if n_batches % cfg.log_interval == 0:
+                    ppl = math.exp(total_loss / n_batches)
+                    bar.set_postfix(ppl=f"{ppl:.1f}")
+                    if bar.disable and main:  # no terminal: progress goes to the log instead
+                        log.info("epoch %d | %d/%d batches | %.0f ms/batch | train ppl %.1f", epoch, n_batches,
+                                 len(windows), 1000 * (time.time() - t0) / n_batches, ppl)
+                if n_batches == len(windows):
+                    break  # the epoch's own checkpoint comes after validation
+                due, stopping = on_any_rank(time.monotonic() - last_save >= every_s, stop.requested is not None)
+                if due or stopping:
+                    save({"windows": [list(w) for w in windows], "batches": n_batches, "hidden": state,
+                          "loss_sum": total_loss, "step_times": step_times, "train_time_s": time.time() - t0,
+                          "epoch_start_step": epoch_start})
+                    last_save = time.monotonic()
+                    log.info("checkpoint in epoch %d after batch %d/%d", epoch, n_batches, len(windows))
+                if stopping:
+                    raise TrainingStopped(stop.requested or signal.SIGTERM,
+                                          f"in epoch {epoch} after batch {n_batches}/{len(windows)}; continue with "
+                                          f"--resume {out}")
+            train_time = time.time() - t0
+            total_loss, n_seen = distributed.all_sum([total_loss, n_batches], world, device)
+            train_loss = total_loss / n_seen
+            with optimizer.eval_weights():  # SNT-ASGD: the masked averages
+                val_loss = evaluate(model, val_data, cfg.bptt, max_batches, val_world)
+                improved = val_loss < loop.best_val
+                if improved:
+                    loop.best_val = val_loss
+                    if main:
+                        save_weights(out / "model.safetensors", model, masks.masks)
+            opt_info = optimizer.on_epoch_end(val_loss, epoch)
+            switch, restart = opt_info.pop("switch", None), opt_info.pop("restart", False)
+            loop.epoch = epoch
+            metrics.write({"event": "epoch", "epoch": epoch, "step": loop.step, "train_loss": train_loss,
+                           "val_loss": val_loss, "val_ppl": math.exp(val_loss), "best_val_ppl": math.exp(loop.best_val),
+                           "epoch_time_s": train_time, "step_time_s": statistics.median(step_times), **opt_info,
+                           "density": {n: masks.density(n) for n in masks}, "gates": gate_report(masks)})
+            log.info("epoch %d | %.0fs | train ppl %.2f | val ppl %.2f%s | lr %g | %s", epoch, train_time,
+                     math.exp(train_loss), math.exp(val_loss), " *" if improved else "", opt_info["lr"],
+                     opt_info["phase"])
+            reason = switch or ("restart" if restart else None)
+            if reason:  # averaging begins (trigger, asgd_after) or, with --asgd-restarts, starts again
+                lr = optimizer.param_groups[0]["lr"]
+                metrics.write({"event": "phase", "epoch": epoch, "step": loop.step, "phase": optimizer.phase,
+                               "reason": reason, "lr": lr})
+                log.info("masked averaging (SNT-ASGD) %s after epoch %d (%s) at lr %g",
+                         "starts again" if restart else "begins", epoch, reason, lr)
+            # The per-epoch topology update comes after validation, the best checkpoint and the trigger (main.py:
+            # mask.at_end_of_epoch last; not in the epoch that switches to Sparse_ASGD, whose branch is skipped; in a
+            # restart epoch it still runs, as main_ONLSTM.py's at_end_of_epoch comes before its new Sparse_ASGD).
+            update = None if switch else method.at_epoch_end(loop.step)
+            if update is not None:
+                topology_changed(update, epoch)
+            if world.enabled:
+                digests = distributed.check_in_sync({
+                    **dict(model.named_parameters()), **{"mask." + n: m for n, m in masks.masks.items()},
+                    **{"eval." + n: t for n, t in optimizer_weights(optimizer, model).items()}},
+                    world, f"after epoch {epoch}")
+                metrics.write({"event": "sync", "epoch": epoch, "step": loop.step, "world_size": world.size,
+                               "digests": digests})
+            stopping = cfg.stop_after_epoch is not None and cfg.stop_after_epoch <= epoch < cfg.epochs
+            save()
+            last_save = time.monotonic()
+            (signalled,) = on_any_rank(stop.requested is not None)
+            if main and (stopping or signalled or time.monotonic() - last_plot >= PLOT_EVERY_S):
+                plot_run(metrics.records, out / "plots", model_cfg)  # the last epoch's come after the test
                 last_plot = time.monotonic()
-        if stopping:
-            log.info("stopping after epoch %d as asked; continue with --resume %s", epoch, out)
-            return run_config
+            if signalled and epoch < cfg.epochs:
+                raise TrainingStopped(stop.requested or signal.SIGTERM, f"after epoch {epoch}; continue with "
+                                      f"--resume {out}")
+            if stopping:
+                log.info("stopping after epoch %d as asked; continue with --resume %s", epoch, out)
+                return run_config
 
     # Test the best-validation weights (the file rank 0 wrote).
     from selfish_deploy.rundir import load_run
