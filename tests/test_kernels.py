@@ -399,6 +399,44 @@ def test_onlstm_sequence_alone_equals_its_column_of_a_batch(B):
         k.set_min_work(32768)
 
 
+@needs_compiled
+@pytest.mark.parametrize("values", [torch.float32, torch.float16])
+@pytest.mark.parametrize("density", [0.1, 0.4])
+def test_batch1_recurrences_dense_copy_gives_the_sell_bits(monkeypatch, values, density):
+    """From DENSE_BATCH1 on, a batch-1 recurrence multiplies by the dense batch-1 copy (zeros included, in
+    groups of 32 rows: H = 100 leaves partial groups at every gate block's end) instead of SELL-8: every
+    recurrence gives the same bits both ways, on two threads. Below it, no dense copy is built."""
+    from selfish_deploy.kernels import compiled as compiled_mod
+
+    k = kernels_for("cpu", 2)
+    k.set_min_work(0)
+
+    def run(threshold):
+        monkeypatch.setattr(compiled_mod, "DENSE_BATCH1", threshold)
+        H, T = 100, 6
+        lstm, _ = weight(4 * H, H, density, seed=1, values=values, scale=0.3)
+        rhn = [weight(2 * H, H, density, seed=2 + l, values=values, scale=0.5)[0] for l in range(3)]
+        onlstm, _ = weight(2 * (H // 10) + 4 * H, H, density, seed=5, values=values, scale=0.3)
+        g = torch.Generator().manual_seed(0)
+        x = lambda rows: torch.randn(rows, T, generator=g)  # noqa: E731
+        h, c = torch.randn(H, 1, generator=g) * 0.5, torch.randn(H, 1, generator=g)
+        outs = [k.recurrent("lstm", lstm, None, x(4 * H), T, 1, h, c, out=poisoned(H, T))[0],
+                k.rhn_recurrent(rhn, [None, torch.ones(2 * H), -torch.ones(2 * H)], x(2 * H), T, 1, h,
+                                out=poisoned(H, T))[0],
+                k.onlstm_recurrent(onlstm, 0.5, x(onlstm.rows), T, 1, h, c, 10, out=poisoned(H, T))[0]]
+        return outs, [bool(m._dense1) for m in (lstm, rhn[0], onlstm)]
+
+    try:
+        dense_way, built = run(compiled_mod.DENSE_BATCH1)
+        assert built == [density >= compiled_mod.DENSE_BATCH1] * 3
+        sell_way, built = run(2.0)
+        assert built == [False] * 3
+        for a, b in zip(dense_way, sell_way):
+            assert not a.isnan().any() and torch.equal(a, b)
+    finally:
+        k.set_min_work(32768)
+
+
 def test_onlstm_recurrent_refuses_a_bad_chunk(compiled):
     w_hh, _ = weight(2 * 3 + 4 * 12, 12, 0.3, seed=0)
     with pytest.raises(ValueError, match="chunks of 5"):

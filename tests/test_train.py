@@ -79,7 +79,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(data_dir, tmp_path, e
     batch's end with a checkpoint (exit code 143); resumed, the run equals one never stopped. The stopped run
     also checkpoints every batch (--checkpoint-minutes tiny): the checkpoints themselves change nothing."""
     assert train(data_dir, tmp_path / "straight", "--epochs", "2", *extra) == 0
-    forwards = 0
+    forwards, handler = 0, signal.getsignal(signal.SIGTERM)
 
     def sigterm_in_fifth_batch(module, args, output):
         nonlocal forwards
@@ -98,7 +98,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(data_dir, tmp_path, e
     assert "stopped by SIGTERM in epoch 1 after batch 5/8" in err and "--resume" in err and "Traceback" not in err
     partial = load_checkpoint(tmp_path / "split")["partial"]
     assert partial["batches"] == 5 and len(partial["windows"]) == 8
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the run
+    assert signal.getsignal(signal.SIGTERM) is handler  # the one before the run is back
     assert main(["--resume", str(tmp_path / "split")]) == 0
     assert metrics(tmp_path / "split") == metrics(tmp_path / "straight")
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "split"))

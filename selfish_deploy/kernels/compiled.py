@@ -17,6 +17,13 @@ BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyT
 # ... except in the recurrence, whose per-step GEMMs are small: ours measured 1.36x faster at batch 8 (the
 # reference model's W_hh, 2 threads, one process, 2,048 columns), 0.71-1.18x at 16-64, 0.45x at 128.
 BLAS_BATCH = 16
+# A recurrence at batch 1 (one W_hh times one column, T times over) on a matrix this dense or more uses the
+# dense batch-1 copy instead of SELL-8: its zeros cost less than SELL's per-entry index loads, and the one
+# matrix stays in cache across the steps. The reference model's W_hh, 2 threads, SELL time / dense time: 0.82
+# at density 0.1, 1.11 at 0.15, 1.45 at 0.2, 2.42 at 0.33 (a stand-alone loop); the 2,000-step trunk 1.17x
+# at 0.2 and 1.81x at 0.33 (in-process A/B). A generation step keeps SELL: its working set is every matrix,
+# and there the dense copies were 0.8x as fast. The same bits either way.
+DENSE_BATCH1 = 0.15
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -26,7 +33,7 @@ INDEX_BITS = {torch.uint16: 16, torch.int32: 32}
 
 class SdMatrix(ctypes.Structure):
     _fields_ = [("rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("layout", ctypes.c_int32),
-                ("index_bits", ctypes.c_int32), ("value_type", ctypes.c_int32), ("reserved", ctypes.c_int32),
+                ("index_bits", ctypes.c_int32), ("value_type", ctypes.c_int32), ("sell_dense", ctypes.c_int32),
                 ("crow", ctypes.c_void_p), ("col", ctypes.c_void_p), ("val", ctypes.c_void_p),
                 ("sell_ptr", ctypes.c_void_p), ("sell_col", ctypes.c_void_p), ("sell_val", ctypes.c_void_p),
                 ("sell_block", ctypes.c_int64), ("sell_perm", ctypes.c_void_p), ("sell_sigma", ctypes.c_int64)]
@@ -94,24 +101,30 @@ def _cols(x: torch.Tensor, name: str, rows: int) -> int:
     return x.stride(0) if x.shape[0] > 1 else max(1, x.shape[1])
 
 
-def struct(w: Matrix, block_rows: int | None = None) -> SdMatrix:
-    """The C view of ``w``, with its SELL-8 copy in blocks of ``block_rows`` rows (default: all rows; 0: no
-    SELL copy, for ops that never take one column at a time)."""
+def struct(w: Matrix, block_rows: int | None = None, recurrence: bool = False) -> SdMatrix:
+    """The C view of ``w``, with its batch-1 copy in blocks of ``block_rows`` rows (default: all rows; 0: none,
+    for ops that never take one column at a time): SELL-8, or for a batch-1 ``recurrence`` on a matrix of
+    density ``DENSE_BATCH1`` or more, dense."""
     block_rows = w.rows if block_rows is None else block_rows
-    if block_rows not in w._struct:
+    dense1 = bool(block_rows) and recurrence and w.is_sparse and w.nnz >= DENSE_BATCH1 * w.rows * w.cols
+    key = (block_rows, dense1)
+    if key not in w._struct:
         if w.device.type != "cpu":
             raise ValueError("compiled CPU kernels need CPU weights")
         if w.is_sparse:
             if w.values.dtype not in VALUE_TYPES or w.col.dtype not in INDEX_BITS:
                 raise ValueError(f"unsupported CSR dtypes {w.col.dtype}/{w.values.dtype}")
-            ptr, col, val, perm = [t.data_ptr() for t in w.sell(block_rows)] if block_rows else [None] * 4
-            w._struct[block_rows] = SdMatrix(w.rows, w.cols, 0, INDEX_BITS[w.col.dtype], VALUE_TYPES[w.values.dtype], 0,
-                                             w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr(), ptr, col, val,
-                                             block_rows, perm, sell_sigma(w.rows, block_rows) if block_rows else 8)
+            if dense1:
+                ptr, col, val, perm = None, None, w.dense_batch1(block_rows).data_ptr(), None
+            else:
+                ptr, col, val, perm = [t.data_ptr() for t in w.sell(block_rows)] if block_rows else [None] * 4
+            w._struct[key] = SdMatrix(w.rows, w.cols, 0, INDEX_BITS[w.col.dtype], VALUE_TYPES[w.values.dtype],
+                                      int(dense1), w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr(), ptr,
+                                      col, val, block_rows, perm, sell_sigma(w.rows, block_rows) if block_rows else 8)
         else:
-            w._struct[block_rows] = SdMatrix(w.rows, w.cols, 1, 0, 0, 0, None, None, w.dense.data_ptr(), None,
-                                             None, None, 0, None, 8)
-    return w._struct[block_rows]
+            w._struct[key] = SdMatrix(w.rows, w.cols, 1, 0, 0, 0, None, None, w.dense.data_ptr(), None,
+                                      None, None, 0, None, 8)
+    return w._struct[key]
 
 
 class CompiledKernels:
@@ -211,7 +224,7 @@ class CompiledKernels:
         out = torch.empty(H, T * B) if out is None else out
         _check(out, "out", (H, T * B))
         if T * B:
-            self._ok(self.lib.sd_recurrent(CELLS[cell], ctypes.byref(struct(w_hh, H)),
+            self._ok(self.lib.sd_recurrent(CELLS[cell], ctypes.byref(struct(w_hh, H, recurrence=B == 1)),
                                            _ptr(b_hh if cell == "gru" else None), _ptr(g), ldg, int(g_rows), T, B,
                                            _ptr(h), _ptr(c if cell == "lstm" else None), _ptr(out),
                                            max(T * B, 1), self.threads), "recurrent")
@@ -236,9 +249,9 @@ class CompiledKernels:
         _check(s, "s", (H, B))
         out = torch.empty(H, T * B) if out is None else out
         _check(out, "out", (H, T * B))
-        key = tuple(id(r) for r in rs) + tuple(b.data_ptr() for b in biases[1:])
+        key = tuple(id(r) for r in rs) + tuple(b.data_ptr() for b in biases[1:]) + (B == 1,)
         if key not in self._rhn_args:  # kept with the objects they point into
-            mats = (SdMatrix * len(rs))(*[struct(r, H) for r in rs])
+            mats = (SdMatrix * len(rs))(*[struct(r, H, recurrence=B == 1) for r in rs])
             ptrs = (ctypes.c_void_p * len(rs))(None, *[b.data_ptr() for b in biases[1:]])
             self._rhn_args[key] = (mats, ptrs, list(rs), list(biases))
         mats, ptrs = self._rhn_args[key][:2]
@@ -264,7 +277,7 @@ class CompiledKernels:
         out = torch.empty(H, T * B) if out is None else out
         _check(out, "out", (H, T * B))
         if T * B:
-            self._ok(self.lib.sd_onlstm_recurrent(ctypes.byref(struct(w_hh)), scale, _ptr(g), ldg, T, B, chunk,
+            self._ok(self.lib.sd_onlstm_recurrent(ctypes.byref(struct(w_hh, recurrence=B == 1)), scale, _ptr(g), ldg, T, B, chunk,
                                                   _ptr(h), _ptr(c), _ptr(out), max(T * B, 1), self.threads),
                      "onlstm_recurrent")
         return out, h, c

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch  # noqa: F401  loaded first: the kernels then share PyTorch's OpenMP runtime (one thread pool)
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 HERE = Path(__file__).resolve().parent
 
 

@@ -17,6 +17,9 @@ import torch
 from ..csr import CSR
 
 
+DENSE_GROUP = 32  # rows per group of the dense batch-1 copy (matrix.h)
+
+
 def sell_sigma(rows: int, block_rows: int) -> int:
     """Rows per sorting window of the SELL layout: 256 over a whole matrix (the decoder's log-softmax chunks,
     which windows must nest in), 32 within gate blocks (the batch-1 recurrence gives each thread whole windows
@@ -51,6 +54,7 @@ class Matrix:
             self.dense = dense.to(self.device, torch.float32).contiguous()
             self.nnz = dense.numel()
         self._sell: dict[int, tuple] = {}
+        self._dense1: dict[int, torch.Tensor] = {}
         self._struct: dict[int, object] = {}  # ctypes views by SELL block height (compiled.py)
 
     @property
@@ -68,7 +72,8 @@ class Matrix:
     def nbytes(self) -> int:
         if self.dense is not None:
             return self.dense.numel() * 4
-        parts = [self.crow, self.col, self.values, *(t for sell in self._sell.values() for t in sell)]
+        parts = [self.crow, self.col, self.values, *(t for sell in self._sell.values() for t in sell),
+                 *self._dense1.values()]
         return sum(t.numel() * t.element_size() for t in parts)
 
     def sell(self, block_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,6 +115,20 @@ class Matrix:
                          rows, bh, self.col.element_size(), self.values.element_size(), p(ptr.data_ptr()),
                          p(col.data_ptr()), p(val.data_ptr()))
         return ptr, col, val, perm
+
+    def dense_batch1(self, block_rows: int) -> torch.Tensor:
+        """The dense batch-1 copy (kernels/csrc/cpu/matrix.h, ``sell_dense``): within blocks of ``block_rows``
+        rows, groups of ``DENSE_GROUP`` rows (the last zero-padded), each column-major: (groups, cols, 32) fp32.
+        Its zeros add exact zeros, so it gives the SELL copy's sums bit for bit; built once per height."""
+        if block_rows not in self._dense1:
+            rows, cols = self.shape
+            if rows % block_rows:
+                raise ValueError(f"block of {block_rows} rows does not divide {rows} rows")
+            blocks, per = rows // block_rows, -(-block_rows // DENSE_GROUP)
+            grouped = torch.zeros(blocks, per * DENSE_GROUP, cols)
+            grouped[:, :block_rows] = self.to_dense().cpu().view(blocks, block_rows, cols)
+            self._dense1[block_rows] = grouped.view(blocks * per, DENSE_GROUP, cols).transpose(1, 2).contiguous()
+        return self._dense1[block_rows]
 
     @cached_property
     def torch_weight(self) -> torch.Tensor:

@@ -21,7 +21,7 @@ struct sd_matrix {
     int32_t layout;      // 0: CSR, 1: dense fp32
     int32_t index_bits;  // 16 or 32 (CSR column indices)
     int32_t value_type;  // 0: fp32, 1: fp16, 2: bf16
-    int32_t reserved;
+    int32_t sell_dense;  // 1: the batch-1 copy is the dense one below instead of SELL
     const int32_t* crow;
     const void* col;
     const void* val;
@@ -30,6 +30,9 @@ struct sd_matrix {
     // of those positions, each slice padded to its longest row (so sorting cuts the padding: 17% -> 3-4% at
     // density 0.1), entry i of the slice's 8 rows stored together: sell_col/sell_val[sell_ptr[s] + 8 * i +
     // lane]. Padding is column 0, value 0. sell_perm[p]: the row at position p (within p's window).
+    // Or, with sell_dense, the dense copy (faster at batch 1 from density ~0.15): fp32, within blocks of
+    // sell_block rows, groups of 32 rows (the last one zero-padded), each group column-major: group g's
+    // column k at sell_val[(g * cols + k) * 32 + lane]; no sell_ptr, sell_col or sell_perm (rows in order).
     const int64_t* sell_ptr;
     const void* sell_col;
     const void* sell_val;
@@ -115,6 +118,8 @@ struct CsrRow {
     float val(int64_t i) const { return load_value(v, i); }
 };
 
+constexpr int64_t DENSE_GROUP = 32;  // rows per group of the dense batch-1 copy (4 vectors: 4 FMA chains)
+
 template <class I, class V>
 struct Csr {
     const int32_t* crow;
@@ -127,10 +132,13 @@ struct Csr {
     int64_t sell_block;
     const int32_t* sell_perm;
     int64_t sell_sigma;
+    const float* dense1;  // the dense batch-1 copy, or null
     explicit Csr(const sd_matrix& m)
         : crow(m.crow), col((const I*)m.col), val((const V*)m.val), rows(m.rows), cols(m.cols),
-          sell_ptr(m.sell_ptr), sell_col((const I*)m.sell_col), sell_val((const V*)m.sell_val),
-          sell_block(m.sell_block), sell_perm(m.sell_perm), sell_sigma(m.sell_perm ? m.sell_sigma : 8) {}
+          sell_ptr(m.sell_dense ? nullptr : m.sell_ptr), sell_col((const I*)m.sell_col),
+          sell_val((const V*)m.sell_val), sell_block(m.sell_block), sell_perm(m.sell_perm),
+          sell_sigma(m.sell_dense ? DENSE_GROUP : m.sell_perm ? m.sell_sigma : 8),
+          dense1(m.sell_dense ? (const float*)m.sell_val : nullptr) {}
     int64_t row_at(int64_t p) const { return sell_perm ? sell_perm[p] : p; }  // the row rows8 puts at position p
     int64_t window() const { return sell_sigma; }
     CsrRow<I, V> row(int64_t r) const {
@@ -207,6 +215,43 @@ static inline void rows8(const Csr<I, V>& W, int64_t r0, const float* X, int64_t
         for (int k = 0; k < 8; ++k) s[k] = fmadd(load_value(v, k), X[(int64_t)c[k] * ldx], s[k]);
     for (int k = 0; k < 8; ++k) out[k] = s[k];
 #endif
+}
+
+// Rows r0 + [0, 8 * NV) of a dense group (w: the group's first column, DENSE_GROUP floats per column) times
+// X: lane l of vector q is row 8q + l's sum over every column in order, zeros included. A zero adds an exact
+// zero, so each sum has rows8's bits (whose padding does the same): the canonical order, densely.
+template <int NV>
+static inline void dense_group(const float* w, int64_t cols, const float* X, int64_t ldx, float* out) {
+    vf8 acc[NV] = {};
+    for (int64_t k = 0; k < cols; ++k, w += DENSE_GROUP) {
+        const vf8 x = vsplat(X[k * ldx]);
+        for (int q = 0; q < NV; ++q) acc[q] = vfmadd(vload(w + 8 * q), x, acc[q]);
+    }
+    for (int q = 0; q < NV; ++q) vstore(out + 8 * q, acc[q]);
+}
+
+// Batch 1: positions p .. p + n - 1 of W (p a multiple of 8 within its block) times one column of X into
+// out[0, n) (room for DENSE_GROUP), n returned: one SELL slice (n = 8, or to `end`), or through the dense
+// copy up to the end of p's group (or of its block, or `end`). Position i's row is W.row_at(i).
+template <class I, class V>
+static inline int64_t rows_b1(const Csr<I, V>& W, int64_t p, int64_t end, const float* X, int64_t ldx, float* out) {
+    if (!W.dense1) {
+        rows8(W, p, X, ldx, out);
+        return std::min<int64_t>(8, end - p);
+    }
+    int64_t g = 0, in = p;
+    for (; in >= W.sell_block; in -= W.sell_block) g += (W.sell_block + DENSE_GROUP - 1) / DENSE_GROUP;
+    g += in / DENSE_GROUP;
+    const int64_t off = in % DENSE_GROUP;
+    const int64_t n = std::min(std::min(end - p, DENSE_GROUP - off), W.sell_block - in);
+    const float* w = W.dense1 + g * W.cols * DENSE_GROUP + off;
+    switch ((n + 7) / 8) {
+        case 1: dense_group<1>(w, W.cols, X, ldx, out); break;
+        case 2: dense_group<2>(w, W.cols, X, ldx, out); break;
+        case 3: dense_group<3>(w, W.cols, X, ldx, out); break;
+        default: dense_group<4>(w, W.cols, X, ldx, out); break;
+    }
+    return n;
 }
 
 // rows8 for NC (2..7) columns of X at once (columns q = 0..NC-1 at X + q): acc[q] lane k is row_at(r0 + k)'s sum
