@@ -53,4 +53,5 @@ def load() -> tuple[ctypes.CDLL | None, str]:
     lib.sd_sell_perm.argtypes = [vp, i64, i64, i64, vp]
     lib.sd_sell_offsets.argtypes = [vp, vp, i64, i64, vp]
     lib.sd_sell_fill.argtypes = [vp, vp, vp, vp, i64, i64, i32, i32, vp, vp, vp]
+    lib.sd_dense1_fill.argtypes = [vp, vp, i32, vp, i32, i64, i64, i64, vp]
     return lib, f"loaded {path.name}"

@@ -124,10 +124,20 @@ class Matrix:
             rows, cols = self.shape
             if rows % block_rows:
                 raise ValueError(f"block of {block_rows} rows does not divide {rows} rows")
-            blocks, per = rows // block_rows, -(-block_rows // DENSE_GROUP)
-            grouped = torch.zeros(blocks, per * DENSE_GROUP, cols)
-            grouped[:, :block_rows] = self.to_dense().cpu().view(blocks, block_rows, cols)
-            self._dense1[block_rows] = grouped.view(blocks * per, DENSE_GROUP, cols).transpose(1, 2).contiguous()
+            from .loader import load
+
+            lib, _ = load()
+            if lib is None:
+                raise RuntimeError("the dense batch-1 copy is built by the compiled kernels")
+            import ctypes
+
+            p = ctypes.c_void_p
+            copy = torch.zeros(rows // block_rows * -(-block_rows // DENSE_GROUP), cols, DENSE_GROUP)
+            value_type = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[self.values.dtype]
+            if lib.sd_dense1_fill(p(self.crow.data_ptr()), p(self.col.data_ptr()), self.col.element_size(),
+                                  p(self.values.data_ptr()), value_type, rows, cols, block_rows, p(copy.data_ptr())):
+                raise ValueError(f"no dense batch-1 copy of {rows} rows in blocks of {block_rows}")
+            self._dense1[block_rows] = copy
         return self._dense1[block_rows]
 
     @cached_property

@@ -150,6 +150,26 @@ int sd_sell_fill(const int32_t* crow, const int32_t* perm, const void* col, cons
     return 0;
 }
 
+// The dense batch-1 copy (see matrix.h, sell_dense) of a CSR matrix into out (zeroed by the caller: rows / block
+// * ceil(block / 32) groups of cols x 32 floats), values converted to fp32 (value_type 0 fp32, 1 fp16, 2 bf16).
+int sd_dense1_fill(const int32_t* crow, const void* col, int index_bytes, const void* val, int value_type,
+                   int64_t rows, int64_t cols, int64_t block, float* out) {
+    if (block <= 0 || rows % block || (index_bytes != 2 && index_bytes != 4) || value_type < 0 || value_type > 2) return 1;
+    const int64_t G = DENSE_GROUP, per = (block + G - 1) / G;
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t within = r % block, group = (r / block) * per + within / G, lane = within % G;
+        for (int64_t p = crow[r]; p < crow[r + 1]; ++p) {
+            const int64_t c = index_bytes == 2 ? ((const uint16_t*)col)[p] : ((const int32_t*)col)[p];
+            float v;
+            if (value_type == 0) v = ((const float*)val)[p];
+            else if (value_type == 1) v = (float)((const _Float16*)val)[p];
+            else { uint32_t b = (uint32_t)((const uint16_t*)val)[p] << 16; std::memcpy(&v, &b, 4); }
+            out[(group * cols + c) * G + lane] = v;
+        }
+    }
+    return 0;
+}
+
 int sd_spmm(const sd_matrix* W, const float* X, int64_t ldx, int64_t N, const float* bias, float* Y, int64_t ldy,
             int nt) {
     return DISPATCH(spmm_entry(W, X, ldx, N, bias, Y, ldy, nt));
