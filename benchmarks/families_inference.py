@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -131,7 +132,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2, help="fresh processes per engine, interleaved; the best counts")
     p.add_argument("--work", default=None, help="directory for the exports (default: a temporary one)")
-    p.add_argument("--write-results", action="store_true", help=f"replace '{SECTION}' in benchmarks/RESULTS.md")
+    p.add_argument("--write-results", action="store_true", help="replace --section in benchmarks/RESULTS.md")
+    p.add_argument("--section", default=SECTION, help=f"the RESULTS.md heading to write (default: '{SECTION}')")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -153,14 +155,14 @@ def main() -> None:
     if args.write_results:
         now = datetime.now(timezone.utc)
         shapes = "; ".join(f"`{n}`: {MODELS[n]}" for n in args.models)
-        body = (f"{SECTION}\n\n{now:%Y-%m-%d %H:%M} UTC, {machine()}. `python benchmarks/families_inference.py "
-                f"{' '.join(sys.argv[1:])}`; one engine per process, median of {args.repeats} calls (step: of "
+        body = (f"{args.section}\n\n{now:%Y-%m-%d %H:%M} UTC, {machine()}. `python benchmarks/families_inference.py "
+                f"{shlex.join(sys.argv[1:])}`; one engine per process, median of {args.repeats} calls (step: of "
                 f"{max(50, 20 * args.repeats)}), best of {args.rounds} interleaved rounds. Models (vocabulary "
                 f"10,000, random weights and masks): {shapes}. Sparse scores equal the dense backend's (max "
                 f"relative error {max(errors.values()):.1e}). 'vs best dense' is the faster of ONNX Runtime and "
                 f"PyTorch divided by ours.\n\n{text}\n")
-        replace_section(RESULTS, SECTION, body)
-        print(f"wrote {SECTION} in {RESULTS}")
+        replace_section(RESULTS, args.section, body)
+        print(f"wrote {args.section} in {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyT
 BLAS_BATCH = 16
 # A recurrence at batch 1 (one W_hh times one column, T times over) on a matrix this dense or more uses the
 # dense batch-1 copy instead of SELL-8: its zeros cost less than SELL's per-entry index loads, and the one
-# matrix stays in cache across the steps. The reference model's W_hh, 2 threads, SELL time / dense time: 0.82
-# at density 0.1, 1.11 at 0.15, 1.45 at 0.2, 2.42 at 0.33 (a stand-alone loop); the 2,000-step trunk 1.17x
-# at 0.2 and 1.81x at 0.33 (in-process A/B). A generation step keeps SELL: its working set is every matrix,
-# and there the dense copies were 0.8x as fast. The same bits either way.
+# matrix stays in cache across the steps. benchmarks/dense_batch1.py (reference model, 2 threads): the
+# 2,000-step trunk 1.57x faster at density 0.33, 1.18x at 0.2; at 0.1 SELL is faster. A generation step keeps
+# SELL: its working set is every matrix, and dense copies there made it 0.8x as fast. The same bits either way.
 DENSE_BATCH1 = 0.15
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
