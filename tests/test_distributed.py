@@ -52,7 +52,8 @@ def test_two_processes_stay_identical_and_match_one(tmp_path, data_dir):
             "--max-batches", "40", "--asgd-after", "1", "--epochs", "2", "--dropout", "0",
             # a gentle rate and no clipping: rounding differences stay at rounding size (at --lr 20 they
             # grow to ~1e-4 within an epoch), and a mis-scaled averaged gradient would show
-            "--lr", "2", "--clip", "1000"]
+            "--lr", "2", "--clip", "1000",
+            "--checkpoint-minutes", "1e-9"]  # a collective mid-epoch checkpoint every AGREE_EVERY batches
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
     proc = subprocess.run(
@@ -60,6 +61,7 @@ def test_two_processes_stay_identical_and_match_one(tmp_path, data_dir):
          "-m", "selfish_deploy.training.cli", *args, "--out", str(ddp)],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("checkpoint in epoch") >= 6  # batches 10, 20, 30 of both epochs, without a hang
 
     recs = records(ddp)
     syncs = [r for r in recs if r["event"] == "sync"]

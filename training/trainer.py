@@ -46,6 +46,7 @@ from .stopping import StopSignals, TrainingStopped
 
 log = logging.getLogger(__name__)
 
+AGREE_EVERY = 10  # under torchrun, batches between the ranks' checks for a due checkpoint or a stop signal
 PLOT_EVERY_S = 60.0  # the plots are redrawn after an epoch when this long has passed (and at the end): ~1 s each time
 
 
@@ -298,7 +299,9 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                                  len(windows), 1000 * (time.time() - t0) / n_batches, ppl)
                 if n_batches == len(windows):
                     break  # the epoch's own checkpoint comes after validation
-                due, stopping = on_any_rank(time.monotonic() - last_save >= every_s, stop.requested is not None)
+                due = stopping = False
+                if not world.enabled or n_batches % AGREE_EVERY == 0:  # ranks agree: a collective, so not every batch
+                    due, stopping = on_any_rank(time.monotonic() - last_save >= every_s, stop.requested is not None)
                 if due or stopping:
                     save({"windows": [list(w) for w in windows], "batches": n_batches, "hidden": state,
                           "loss_sum": total_loss, "step_times": step_times, "train_time_s": time.time() - t0,
