@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from selfish_deploy.errors import UserError
+from selfish_deploy.training.checkpoint import load_checkpoint
 from selfish_deploy.training.distributed import World, columns, digest
 from conftest import TINY_TRAIN_ARGS
 
@@ -56,12 +58,24 @@ def test_two_processes_stay_identical_and_match_one(tmp_path, data_dir):
             "--checkpoint-minutes", "1e-9"]  # a collective mid-epoch checkpoint every AGREE_EVERY batches
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "selfish_deploy.training.cli", *args, "--out", str(ddp)],
-        env=env, capture_output=True, text=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "selfish_deploy.training.cli"]
+    # SIGTERM to torchrun after the first checkpoint inside epoch 1: it passes the signal on, both ranks
+    # agree to stop at the next check (every AGREE_EVERY batches) with a checkpoint; the run is resumed.
+    proc = subprocess.Popen([*torchrun, *args, "--out", str(ddp)], env=env, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "checkpoint in epoch 1 after batch 10/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    seen.append(proc.stderr.read())
+    assert proc.wait(timeout=300) != 0, "".join(seen)[-3000:]
+    assert "stopped by SIGTERM" in "".join(seen)
+    partial = load_checkpoint(ddp).get("partial")
+    assert partial is None or len(partial["ranks"]) == 2  # each rank's own hidden state and loss so far
+    proc = subprocess.run([*torchrun, "--resume", str(ddp)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("checkpoint in epoch") >= 6  # batches 10, 20, 30 of both epochs, without a hang
 
     recs = records(ddp)
     syncs = [r for r in recs if r["event"] == "sync"]

@@ -97,7 +97,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(data_dir, tmp_path, e
     err = capsys.readouterr().err
     assert "stopped by SIGTERM in epoch 1 after batch 5/8" in err and "--resume" in err and "Traceback" not in err
     partial = load_checkpoint(tmp_path / "split")["partial"]
-    assert partial["batches"] == 5 and len(partial["windows"]) == 8
+    assert partial["batches"] == 5 and len(partial["windows"]) == 8 and len(partial["ranks"]) == 1
     assert signal.getsignal(signal.SIGTERM) is handler  # the one before the run is back
     assert main(["--resume", str(tmp_path / "split")]) == 0
     assert metrics(tmp_path / "split") == metrics(tmp_path / "straight")

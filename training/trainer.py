@@ -50,6 +50,17 @@ AGREE_EVERY = 10  # under torchrun, batches between the ranks' checks for a due 
 PLOT_EVERY_S = 60.0  # the plots are redrawn after an epoch when this long has passed (and at the end): ~1 s each time
 
 
+def on_cpu(obj):
+    """``obj`` with its tensors (a nested hidden state) detached and on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def like(template, saved):
     """``saved`` (a checkpoint's lists of tensors) in the structure, device and dtype of ``template``."""
     if isinstance(template, torch.Tensor):
@@ -181,6 +192,10 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
         set_rng_state(ranks[world.rank] if world.rank < len(ranks) else ranks[0], device)
         loop = LoopState(**ckpt["loop"])
         partial = ckpt.get("partial")  # written inside an epoch: the rest of that epoch comes first
+        if partial is not None and len(partial["ranks"]) != world.size:
+            raise UserError(f"{out}'s checkpoint was written inside epoch {loop.epoch + 1} by "
+                            f"{len(partial['ranks'])} process(es): resume it with as many (each carries its "
+                            f"own batch columns' hidden state)")
         metrics = MetricsLog(out / "metrics.jsonl", keep_lines=ckpt["metrics_lines"], write=main)
         log.info("resumed %s after epoch %d (step %d)", out, loop.epoch, loop.step)
     else:
@@ -222,6 +237,8 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
     def save(partial: dict | None = None) -> None:
         """The checkpoint (collective: every rank calls it); ``partial``: the epoch so far, inside one."""
         rank_rng = distributed.gather_objects(rng_state(device), world)
+        if partial is not None:  # each rank's own: its batch columns' hidden state and its loss so far
+            partial = {**partial, "ranks": distributed.gather_objects(on_cpu(partial["ranks"]), world)}
         if main:
             save_checkpoint(out, {
                 "weights": dict(model.named_parameters()), "masks": masks.state_dict(),
@@ -251,8 +268,9 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                 epoch_start = loop.step
             else:  # resumed inside this epoch: its windows, carried state and sums so far
                 windows = [tuple(w) for w in partial["windows"]]
-                state = like(model.init_hidden(train_data.size(1)), partial["hidden"])
-                total_loss, n_batches, step_times = partial["loss_sum"], partial["batches"], partial["step_times"]
+                mine = partial["ranks"][world.rank]
+                state = like(model.init_hidden(train_data.size(1)), mine["hidden"])
+                total_loss, n_batches, step_times = mine["loss_sum"], partial["batches"], mine["step_times"]
                 t0, epoch_start = time.time() - partial["train_time_s"], partial["epoch_start_step"]
                 partial = None
             method.begin_epoch(epoch_start + len(windows), last=epoch == cfg.epochs)
@@ -303,9 +321,9 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                 if not world.enabled or n_batches % AGREE_EVERY == 0:  # ranks agree: a collective, so not every batch
                     due, stopping = on_any_rank(time.monotonic() - last_save >= every_s, stop.requested is not None)
                 if due or stopping:
-                    save({"windows": [list(w) for w in windows], "batches": n_batches, "hidden": state,
-                          "loss_sum": total_loss, "step_times": step_times, "train_time_s": time.time() - t0,
-                          "epoch_start_step": epoch_start})
+                    save({"windows": [list(w) for w in windows], "batches": n_batches,
+                          "train_time_s": time.time() - t0, "epoch_start_step": epoch_start,
+                          "ranks": {"hidden": state, "loss_sum": total_loss, "step_times": step_times}})
                     last_save = time.monotonic()
                     log.info("checkpoint in epoch %d after batch %d/%d", epoch, n_batches, len(windows))
                 if stopping:
