@@ -197,7 +197,9 @@ def run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> d
                             f"{len(partial['ranks'])} process(es): resume it with as many (each carries its "
                             f"own batch columns' hidden state)")
         metrics = MetricsLog(out / "metrics.jsonl", keep_lines=ckpt["metrics_lines"], write=main)
-        log.info("resumed %s after epoch %d (step %d)", out, loop.epoch, loop.step)
+        log.info("resumed %s after epoch %d%s (step %d)", out, loop.epoch,
+                 "" if partial is None else f" and batch {partial['batches']}/{len(partial['windows'])} of the next",
+                 loop.step)
     else:
         partial = None
         metrics = MetricsLog(out / "metrics.jsonl", write=main)
