@@ -22,7 +22,7 @@ from selfish_deploy.runtime import SparseLM
 ON, OFF = compiled.DENSE_BATCH1, 2.0  # OFF: no matrix is that dense, so SELL-8 everywhere
 
 
-def best_ms(fn, calls: int) -> float:
+def mean_ms(fn, calls: int) -> float:
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
@@ -48,14 +48,14 @@ def main() -> None:
         for name, (threshold, lm, state) in engines.items():
             compiled.DENSE_BATCH1 = threshold
             be, zero = lm.backend, lm.init_state(1)
-            times[name]["trunk"].append(best_ms(lambda: be.trunk(text, zero), 1))
-            times[name]["score"].append(best_ms(lambda: be.score(text, text, zero), 1))
+            times[name]["trunk"].append(mean_ms(lambda: be.trunk(text, zero), 1))
+            times[name]["score"].append(mean_ms(lambda: be.score(text, text, zero), 1))
             box = [state]
 
             def step():
                 box[0] = lm.forward(tok, box[0])[1]
 
-            times[name]["step"].append(best_ms(step, 200))
+            times[name]["step"].append(mean_ms(step, 200))
             outputs[name] = be.trunk(text[:300], zero)[0]
     for case in ("trunk", "score", "step"):
         on, off = (min(times[n][case]) for n in engines)

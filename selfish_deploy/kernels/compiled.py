@@ -11,7 +11,7 @@ import ctypes
 import torch
 
 from . import reference
-from .matrix import Matrix, sell_sigma
+from .matrix import VALUE_TYPES, Matrix, sell_sigma
 
 BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyTorch's BLAS beats any kernel of ours
 # ... except in the recurrence, whose per-step GEMMs are small: ours measured 1.36x faster at batch 8 (the
@@ -26,7 +26,6 @@ DENSE_BATCH1 = 0.15
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-VALUE_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 INDEX_BITS = {torch.uint16: 16, torch.int32: 32}
 
 
@@ -276,9 +275,9 @@ class CompiledKernels:
         out = torch.empty(H, T * B) if out is None else out
         _check(out, "out", (H, T * B))
         if T * B:
-            self._ok(self.lib.sd_onlstm_recurrent(ctypes.byref(struct(w_hh, recurrence=B == 1)), scale, _ptr(g), ldg, T, B, chunk,
-                                                  _ptr(h), _ptr(c), _ptr(out), max(T * B, 1), self.threads),
-                     "onlstm_recurrent")
+            self._ok(self.lib.sd_onlstm_recurrent(ctypes.byref(struct(w_hh, recurrence=B == 1)), scale, _ptr(g), ldg,
+                                                  T, B, chunk, _ptr(h), _ptr(c), _ptr(out), max(T * B, 1),
+                                                  self.threads), "onlstm_recurrent")
         return out, h, c
 
     def decoder(self, w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,

@@ -9,6 +9,7 @@ and builds that copy only when it is used (the fallback, or a device other than 
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from functools import cached_property
 
@@ -18,6 +19,17 @@ from ..csr import CSR
 
 
 DENSE_GROUP = 32  # rows per group of the dense batch-1 copy (matrix.h)
+VALUE_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # sd_matrix.value_type
+
+
+def _library(what: str):
+    """The compiled library, which builds the batch-1 layouts (``what`` names the one asked for)."""
+    from .loader import load  # lazily: loading it is only needed once a layout is
+
+    lib, _ = load()
+    if lib is None:
+        raise RuntimeError(f"{what} is built by the compiled kernels")
+    return lib
 
 
 def sell_sigma(rows: int, block_rows: int) -> int:
@@ -94,16 +106,9 @@ class Matrix:
         rows = self.shape[0]
         if rows % bh:
             raise ValueError(f"block of {bh} rows does not divide {rows} rows")
-        from .loader import load
-
-        lib, _ = load()
+        lib, p = _library("the SELL-8 layout"), ctypes.c_void_p
         n_slices = (rows // bh) * ((bh + 7) // 8)
         ptr = torch.zeros(n_slices + 1, dtype=torch.long)
-        if lib is None:
-            raise RuntimeError("the SELL-8 layout is built by the compiled kernels")
-        import ctypes
-
-        p = ctypes.c_void_p
         perm = torch.empty(rows, dtype=torch.int32)
         if lib.sd_sell_perm(p(self.crow.data_ptr()), rows, bh, sell_sigma(rows, bh), p(perm.data_ptr())):
             raise ValueError(f"no SELL layout for {rows} rows in blocks of {bh}")
@@ -124,18 +129,11 @@ class Matrix:
             rows, cols = self.shape
             if rows % block_rows:
                 raise ValueError(f"block of {block_rows} rows does not divide {rows} rows")
-            from .loader import load
-
-            lib, _ = load()
-            if lib is None:
-                raise RuntimeError("the dense batch-1 copy is built by the compiled kernels")
-            import ctypes
-
-            p = ctypes.c_void_p
+            lib, p = _library("the dense batch-1 copy"), ctypes.c_void_p
             copy = torch.zeros(rows // block_rows * -(-block_rows // DENSE_GROUP), cols, DENSE_GROUP)
-            value_type = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[self.values.dtype]
             if lib.sd_dense1_fill(p(self.crow.data_ptr()), p(self.col.data_ptr()), self.col.element_size(),
-                                  p(self.values.data_ptr()), value_type, rows, cols, block_rows, p(copy.data_ptr())):
+                                  p(self.values.data_ptr()), VALUE_TYPES[self.values.dtype], rows, cols, block_rows,
+                                  p(copy.data_ptr())):
                 raise ValueError(f"no dense batch-1 copy of {rows} rows in blocks of {block_rows}")
             self._dense1[block_rows] = copy
         return self._dense1[block_rows]

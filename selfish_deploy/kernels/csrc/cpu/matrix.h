@@ -190,13 +190,21 @@ static inline __m256 load8_values(const bf16* v) {
 }
 #endif
 
+// The piece of height h (a SELL slice, h = 8; a dense group, h = DENSE_GROUP) that holds position p, counted
+// over blocks of `block` rows, each cut into ceil(block / h) pieces: (p / block) * ceil(block / h) + (p % block)
+// / h, by subtraction instead of a 64-bit division per call (a matrix has one block, or one per gate). *in:
+// p's position within its block.
+static inline int64_t piece_of(int64_t p, int64_t block, int64_t h, int64_t* in) {
+    int64_t piece = 0;
+    for (; p >= block; p -= block) piece += (block + h - 1) / h;
+    *in = p;
+    return piece + p / h;
+}
+
 template <class I, class V>
 static inline void rows8(const Csr<I, V>& W, int64_t r0, const float* X, int64_t ldx, float* out) {
-    // the slice: (r0 / block) * ceil(block / 8) + (r0 % block) / 8, by subtraction instead of a 64-bit
-    // division per call: a matrix has one block (decoder, input matrices) or one per gate (recurrent)
-    int64_t sl = 0, in = r0;
-    for (; in >= W.sell_block; in -= W.sell_block) sl += (W.sell_block + 7) / 8;
-    sl += in / 8;
+    int64_t in;
+    const int64_t sl = piece_of(r0, W.sell_block, 8, &in);
     const int64_t b = W.sell_ptr[sl], len = (W.sell_ptr[sl + 1] - b) / 8;
     const I* c = W.sell_col + b;
     const V* v = W.sell_val + b;
@@ -239,10 +247,8 @@ static inline int64_t rows_b1(const Csr<I, V>& W, int64_t p, int64_t end, const 
         rows8(W, p, X, ldx, out);
         return std::min<int64_t>(8, end - p);
     }
-    int64_t g = 0, in = p;
-    for (; in >= W.sell_block; in -= W.sell_block) g += (W.sell_block + DENSE_GROUP - 1) / DENSE_GROUP;
-    g += in / DENSE_GROUP;
-    const int64_t off = in % DENSE_GROUP;
+    int64_t in;
+    const int64_t g = piece_of(p, W.sell_block, DENSE_GROUP, &in), off = in % DENSE_GROUP;
     const int64_t n = std::min(std::min(end - p, DENSE_GROUP - off), W.sell_block - in);
     const float* w = W.dense1 + g * W.cols * DENSE_GROUP + off;
     switch ((n + 7) / 8) {
@@ -254,15 +260,26 @@ static inline int64_t rows_b1(const Csr<I, V>& W, int64_t p, int64_t end, const 
     return n;
 }
 
+// Batch 1 over positions [p0, p1) (p0 a multiple of 8 within its block): f(row, sum) for each, the row's sum of
+// W times one column of X, through the SELL or the dense copy, a slice or a group at a time.
+template <class I, class V, class F>
+static inline void each_row_b1(const Csr<I, V>& W, int64_t p0, int64_t p1, const float* X, int64_t ldx, F&& f) {
+    float d[DENSE_GROUP];
+    for (int64_t p = p0; p < p1;) {
+        const int64_t n = rows_b1(W, p, p1, X, ldx, d);
+        for (int64_t k = 0; k < n; ++k) f(W.row_at(p + k), d[k]);
+        p += n;
+    }
+}
+
 // rows8 for NC (2..7) columns of X at once (columns q = 0..NC-1 at X + q): acc[q] lane k is row_at(r0 + k)'s sum
 // for column q, bit for bit rows8's (the same entries in the same order). The slice's indices and values are
 // read once for all NC columns: few columns (a small generation batch, MoS's experts at batch 1) cost less
 // than one pass per column, and less than a row-wise pass with NC masked lanes.
 template <int NC, class I, class V>
 static inline void rows8_cols(const Csr<I, V>& W, int64_t r0, const float* X, int64_t ldx, vf8* acc) {
-    int64_t sl = 0, in = r0;
-    for (; in >= W.sell_block; in -= W.sell_block) sl += (W.sell_block + 7) / 8;
-    sl += in / 8;
+    int64_t in;
+    const int64_t sl = piece_of(r0, W.sell_block, 8, &in);
     const int64_t b = W.sell_ptr[sl], len = (W.sell_ptr[sl + 1] - b) / 8;
     const I* c = W.sell_col + b;
     const V* v = W.sell_val + b;
