@@ -19,9 +19,10 @@ BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyT
 BLAS_BATCH = 16
 # A recurrence at batch 1 (one W_hh times one column, T times over) on a matrix this dense or more uses the
 # dense batch-1 copy instead of SELL-8: its zeros cost less than SELL's per-entry index loads, and the one
-# matrix stays in cache across the steps. benchmarks/dense_batch1.py (reference model, 2 threads): the
-# 2,000-step trunk 1.57x faster at density 0.33, 1.18x at 0.2; at 0.1 SELL is faster. A generation step keeps
-# SELL: its working set is every matrix, and dense copies there made it 0.8x as fast. The same bits either way.
+# matrix stays in cache across the steps. `benchmarks/kernels_ab.py --baseline dense-batch1-off` (reference
+# model, 2 threads): the 2,000-step trunk 1.57x faster at density 0.33, 1.18x at 0.2; at 0.1 SELL is faster.
+# A generation step keeps SELL: its working set is every matrix, and dense copies there made it 0.8x as fast.
+# The same bits either way.
 DENSE_BATCH1 = 0.15
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}

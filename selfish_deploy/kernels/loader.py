@@ -40,13 +40,19 @@ def load() -> tuple[ctypes.CDLL | None, str]:
         warnings.warn(reason, RuntimeWarning, stacklevel=3)
         return None, "not built"
     try:
-        lib = ctypes.CDLL(str(path))
-        if lib.sd_abi_version() != ABI_VERSION:
-            raise OSError(f"ABI version {lib.sd_abi_version()}, expected {ABI_VERSION} (rebuild: pip install -e .)")
+        lib = open_library(path)
     except (OSError, AttributeError) as e:
         warnings.warn(f"compiled CPU kernels at {path} unusable ({e}); using the PyTorch reference kernels",
                       RuntimeWarning, stacklevel=3)
         return None, f"unusable: {e}"
+    return lib, f"loaded {path.name}"
+
+
+def open_library(path: str | Path) -> ctypes.CDLL:
+    """The library at ``path`` with its layout builders' signatures set; OSError if its ABI is not this one's."""
+    lib = ctypes.CDLL(str(path))
+    if lib.sd_abi_version() != ABI_VERSION:
+        raise OSError(f"ABI version {lib.sd_abi_version()}, expected {ABI_VERSION} (rebuild: pip install -e .)")
     for name in ("sd_isa", "sd_build"):
         getattr(lib, name).restype = ctypes.c_char_p
     vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -54,4 +60,4 @@ def load() -> tuple[ctypes.CDLL | None, str]:
     lib.sd_sell_offsets.argtypes = [vp, vp, i64, i64, vp]
     lib.sd_sell_fill.argtypes = [vp, vp, vp, vp, i64, i64, i32, i32, vp, vp, vp]
     lib.sd_dense1_fill.argtypes = [vp, vp, i32, vp, i32, i64, i64, i64, vp]
-    return lib, f"loaded {path.name}"
+    return lib

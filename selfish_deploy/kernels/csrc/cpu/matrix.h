@@ -190,6 +190,27 @@ static inline __m256 load8_values(const bf16* v) {
 }
 #endif
 
+// A slice entry's 8 column indices times ldx (offsets into X), from 64-bit loads split by shifts: 2 loads for
+// uint16 indices (4 for int32) instead of 8. The batch-1 loop is bound by its loads (8 of X per entry as well),
+// and the shifts run on the integer units beside them: 1.23x the non-zeros per cycle (uint16, Zen 3, one core).
+static inline void offsets8(const uint16_t* c, int64_t ldx, int64_t* o) {
+    uint64_t a, b;
+    std::memcpy(&a, c, 8);
+    std::memcpy(&b, c + 4, 8);
+    for (int k = 0; k < 4; ++k) {
+        o[k] = (int64_t)((a >> (16 * k)) & 0xffff) * ldx;
+        o[k + 4] = (int64_t)((b >> (16 * k)) & 0xffff) * ldx;
+    }
+}
+static inline void offsets8(const int32_t* c, int64_t ldx, int64_t* o) {
+    for (int k = 0; k < 8; k += 2) {
+        uint64_t a;
+        std::memcpy(&a, c + k, 8);
+        o[k] = (int64_t)(int32_t)(uint32_t)a * ldx;
+        o[k + 1] = (int64_t)(int32_t)(uint32_t)(a >> 32) * ldx;
+    }
+}
+
 // The piece of height h (a SELL slice, h = 8; a dense group, h = DENSE_GROUP) that holds position p, counted
 // over blocks of `block` rows, each cut into ceil(block / h) pieces: (p / block) * ceil(block / h) + (p % block)
 // / h, by subtraction instead of a 64-bit division per call (a matrix has one block, or one per gate). *in:
@@ -212,8 +233,9 @@ static inline void rows8(const Csr<I, V>& W, int64_t r0, const float* X, int64_t
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
         // eight scalar loads: faster than vgatherdps on AMD Zen (measured, one core)
-        __m256 x = _mm256_set_ps(X[c[7] * ldx], X[c[6] * ldx], X[c[5] * ldx], X[c[4] * ldx], X[c[3] * ldx],
-                                 X[c[2] * ldx], X[c[1] * ldx], X[c[0] * ldx]);
+        int64_t o[8];
+        offsets8(c, ldx, o);
+        __m256 x = _mm256_set_ps(X[o[7]], X[o[6]], X[o[5]], X[o[4]], X[o[3]], X[o[2]], X[o[1]], X[o[0]]);
         acc = _mm256_fmadd_ps(load8_values(v), x, acc);
     }
     _mm256_storeu_ps(out, acc);
@@ -287,8 +309,10 @@ static inline void rows8_cols(const Csr<I, V>& W, int64_t r0, const float* X, in
 #if SD_AVX2
     for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
         const __m256 w = load8_values(v);
+        int64_t o[8];
+        offsets8(c, ldx, o);
         const float* p[8];
-        for (int k = 0; k < 8; ++k) p[k] = X + (int64_t)c[k] * ldx;
+        for (int k = 0; k < 8; ++k) p[k] = X + o[k];
         for (int q = 0; q < NC; ++q) {
             const __m256 x = _mm256_set_ps(p[7][q], p[6][q], p[5][q], p[4][q], p[3][q], p[2][q], p[1][q], p[0][q]);
             acc[q] = (vf8)_mm256_fmadd_ps(w, x, (__m256)acc[q]);

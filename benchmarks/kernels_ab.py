@@ -1,0 +1,117 @@
+"""A/B of the sparse backend's kernels in one process: the same export loaded twice, as built now ("new") and
+as a baseline ("old"), their calls alternated so that both see the same spells of this VM's speed.
+
+The baseline is one of:
+
+- ``--baseline-library PATH``: another build of the kernels library (for example a copy of
+  ``selfish_deploy/kernels/_cpu*.so`` taken before a change; the two must share the ABI version);
+- ``--baseline dense-batch1-off``: this build with the dense batch-1 copy of recurrent matrices turned off
+  (``kernels.compiled.DENSE_BATCH1``), so SELL-8 everywhere.
+
+Cases: one batch-1 product of the last layer's W_hh (stacked trunks: the unit every batch-1 recurrence and step
+repeats), the trunk over a 2,000-token text at batch 1 (the recurrences and the input products), scoring that
+text (the decoder too), and a generation step. Prints the best time of each and old / new (> 1: new is
+faster), and checks that both give the same bits. Not a test; stop background jobs first. Example::
+
+    cp selfish_deploy/kernels/_cpu*.so /tmp/old.so   # before the change; rebuild after it
+    python benchmarks/kernels_ab.py /tmp/selfish-inference-bench/reference-0.1 --baseline-library /tmp/old.so
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Iterator
+
+import torch
+
+from selfish_deploy import kernels
+from selfish_deploy.kernels import compiled, loader
+from selfish_deploy.runtime import SparseLM
+
+DENSE_BATCH1 = compiled.DENSE_BATCH1
+CASES = ("product", "trunk", "score", "step")
+
+
+def mean_ms(fn, calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls * 1e3
+
+
+@contextlib.contextmanager
+def library(path: str | None) -> Iterator[None]:
+    """Engines loaded inside run on the library at ``path`` (None: the built one)."""
+    if path is None:
+        yield
+        return
+    lib = loader.open_library(path)
+    own = kernels.kernels_for
+
+    def kernels_for(device="cpu", threads=None):
+        k = compiled.CompiledKernels(lib)
+        k.threads = threads or torch.get_num_threads()
+        return k
+
+    kernels.kernels_for = kernels_for
+    try:
+        yield
+    finally:
+        kernels.kernels_for = own
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("export", help="an export directory")
+    base = ap.add_mutually_exclusive_group(required=True)
+    base.add_argument("--baseline-library", metavar="PATH", help="another build of the kernels library")
+    base.add_argument("--baseline", choices=["dense-batch1-off"], help="this build with a feature turned off")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds; the best counts")
+    ap.add_argument("--tokens", type=int, default=2000, help="the scored text's length")
+    args = ap.parse_args()
+    text = torch.randint(0, 100, (args.tokens, 1), generator=torch.Generator().manual_seed(0))
+    tok = torch.tensor([[5]])
+    # name -> (the dense batch-1 threshold it runs with, the library it loads from)
+    variants = {"new": (DENSE_BATCH1, None),
+                "old": (2.0 if args.baseline else DENSE_BATCH1, args.baseline_library)}  # 2.0: no matrix is that dense
+    engines = {}
+    for name, (threshold, path) in variants.items():
+        compiled.DENSE_BATCH1 = threshold  # read when a recurrence first builds its layout: set before each call
+        with library(path):
+            lm = SparseLM.load(args.export, backend="sparse", threads=args.threads)
+        engines[name] = (threshold, lm, lm.forward(tok, None)[1])
+    times = {name: {case: [] for case in CASES} for name in engines}
+    outputs = {}
+    for i in range(args.rounds):
+        for name in ("new", "old") if i % 2 == 0 else ("old", "new"):  # ABBA: neither always goes first
+            threshold, lm, state = engines[name]
+            compiled.DENSE_BATCH1 = threshold
+            be, zero = lm.backend, lm.init_state(1)
+            if hasattr(be.trunk, "layers"):
+                w_hh = be.trunk.layers[-1][2]
+                x, y = torch.randn(w_hh.cols, 1, generator=torch.Generator().manual_seed(1)), torch.empty(w_hh.rows, 1)
+                times[name]["product"].append(mean_ms(lambda: be.kernels.spmm(w_hh, x, out=y), 200))
+            times[name]["trunk"].append(mean_ms(lambda: be.trunk(text, zero), 1))
+            times[name]["score"].append(mean_ms(lambda: be.score(text, text, zero), 1))
+            box = [state]
+
+            def step():
+                box[0] = lm.forward(tok, box[0])[1]
+
+            times[name]["step"].append(mean_ms(step, 200))
+            outputs[name] = (be.trunk(text[:300], zero)[0], lm.forward(text[:300], zero)[0],
+                             lm.forward(tok, state)[0])
+    for case in CASES:
+        if not times["new"][case]:
+            continue
+        new, old = (min(times[n][case]) for n in ("new", "old"))
+        print(f"{case:7s}: new {new:8.3f} ms   old {old:8.3f} ms   old / new {old / new:.2f}")
+    same = all(torch.equal(a, b) for a, b in zip(*outputs.values()))
+    print("same bits (trunk, log-probabilities of a text and of a step):", same)
+
+
+if __name__ == "__main__":
+    main()
