@@ -1,0 +1,57 @@
+"""The kernels' two inner loops in isolation (``benchmarks/microkernels/*.cpp``), for the per-core rates and
+ceilings that the inference numbers are read against: the batch-1 SELL-8 product (non-zeros per cycle) and
+the sparse x dense panel product (multiply-adds per cycle), each against variants that were tried.
+
+Compiles each file with the extension's flags (``-O3 -mavx2 -mfma -ffp-contract=off``) into a temporary
+directory and runs it at the given densities on one thread. Needs a C++ compiler and an AVX2 CPU. Not a test;
+stop background jobs first. Example::
+
+    python benchmarks/microkernels.py --densities 0.33 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent / "microkernels"
+FLAGS = ["-O3", "-std=c++17", "-mavx2", "-mfma", "-ffp-contract=off"]
+
+
+def clock_ghz() -> float:
+    """The CPU's nominal clock from /proc/cpuinfo (cycles are counted at it), or 2.445 GHz."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1]) / 1e3
+    except OSError:
+        pass
+    return 2.445
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--densities", type=float, nargs="+", default=[0.33, 0.1])
+    ap.add_argument("--only", choices=[p.stem for p in sorted(HERE.glob("*.cpp"))], help="one of the loops")
+    args = ap.parse_args()
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        sys.exit("microkernels.py: no C++ compiler (g++ or c++) on PATH")
+    ghz = clock_ghz()
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in sorted(HERE.glob("*.cpp")):
+            if args.only and src.stem != args.only:
+                continue
+            exe = Path(tmp) / src.stem
+            subprocess.run([cxx, *FLAGS, "-o", str(exe), str(src)], check=True)
+            print(f"== {src.name}")
+            for d in args.densities:
+                subprocess.run([str(exe), str(d), f"{ghz:.3f}"], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+// Sparse x dense panel product (the decoder's and spmm's inner loop) in isolation: a 10,000 x 650 CSR matrix (the
+// reference model's decoder) times a packed 650 x 64 panel of X, the kernels' row-at-a-time loop against
+// blockings that keep X in L1. Run by benchmarks/microkernels.py; arguments: density, clock in GHz.
+#include <immintrin.h>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include <chrono>
+#include <algorithm>
+#include <functional>
+#include <cstring>
+typedef float vf8 __attribute__((vector_size(32)));
+static inline vf8 vload(const float* p) { vf8 v; memcpy(&v, p, 32); return v; }
+static inline void vstore(float* p, vf8 v) { memcpy(p, &v, 32); }
+static inline vf8 fma8(vf8 a, vf8 b, vf8 c) { return (vf8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+static inline vf8 splat(float x) { return vf8{x,x,x,x,x,x,x,x}; }
+struct Csr { int64_t rows, cols; std::vector<int32_t> ptr; std::vector<uint16_t> col; std::vector<float> val; };
+Csr make(int64_t rows, int64_t cols, double d) {
+  Csr m{rows, cols}; m.ptr.push_back(0);
+  for (int64_t r = 0; r < rows; ++r) { for (int64_t c = 0; c < cols; ++c) if (rand() < d * RAND_MAX) { m.col.push_back(c); m.val.push_back((rand() % 1000) * 1e-3f - 0.5f); } m.ptr.push_back(m.col.size()); }
+  return m;
+}
+const int64_t CH = 256, P = 64;
+// A: per row, 8 accumulators over 64 columns
+__attribute__((noinline)) void vA(const Csr& W, const float* X, float* Y) {
+  for (int64_t r = 0; r < W.rows; ++r) {
+    vf8 acc[8] = {};
+    for (int32_t i = W.ptr[r]; i < W.ptr[r + 1]; ++i) { vf8 v = splat(W.val[i]); const float* x = X + W.col[i] * P; for (int q = 0; q < 8; ++q) acc[q] = fma8(v, vload(x + 8 * q), acc[q]); }
+    for (int q = 0; q < 8; ++q) vstore(Y + r * P + 8 * q, acc[q]);
+  }
+}
+// D: per chunk of 256 rows, 4 sub-panels of 16 columns (X repacked as 4 panels of 650x16), rows 4 at a time
+__attribute__((noinline)) void vD(const Csr& W, const float* Xs, float* Y) {
+  for (int64_t c0 = 0; c0 < W.rows; c0 += CH) {
+    const int64_t c1 = std::min(W.rows, c0 + CH);
+    for (int sp = 0; sp < 4; ++sp) {
+      const float* X = Xs + sp * W.cols * 16;
+      for (int64_t r = c0; r + 4 <= c1; r += 4) {
+        vf8 a[4][2] = {};
+        const int32_t* p = W.ptr.data() + r;
+        int32_t i0 = p[0], i1 = p[1], i2 = p[2], i3 = p[3];
+        int32_t n = std::min(std::min(p[1] - p[0], p[2] - p[1]), std::min(p[3] - p[2], p[4] - p[3]));
+        for (int32_t k = 0; k < n; ++k) {
+          #define STEP(j, ii) { vf8 v = splat(W.val[ii + k]); const float* x = X + W.col[ii + k] * 16; a[j][0] = fma8(v, vload(x), a[j][0]); a[j][1] = fma8(v, vload(x + 8), a[j][1]); }
+          STEP(0, i0) STEP(1, i1) STEP(2, i2) STEP(3, i3)
+        }
+        for (int j = 0; j < 4; ++j) {
+          for (int32_t k = p[j] + n; k < p[j + 1]; ++k) { vf8 v = splat(W.val[k]); const float* x = X + W.col[k] * 16; a[j][0] = fma8(v, vload(x), a[j][0]); a[j][1] = fma8(v, vload(x + 8), a[j][1]); }
+          vstore(Y + (r + j) * P + sp * 16, a[j][0]); vstore(Y + (r + j) * P + sp * 16 + 8, a[j][1]);
+        }
+      }
+    }
+  }
+}
+// C: per chunk of 256 rows, K blocks of KB rows of X (L1), partial sums in Y
+template <int KB>
+__attribute__((noinline)) void vC(const Csr& W, const float* X, float* Y, std::vector<int32_t>& cur) {
+  for (int64_t c0 = 0; c0 < W.rows; c0 += CH) {
+    const int64_t c1 = std::min(W.rows, c0 + CH);
+    for (int64_t r = c0; r < c1; ++r) { cur[r - c0] = W.ptr[r]; for (int q = 0; q < 8; ++q) vstore(Y + r * P + 8 * q, vf8{}); }
+    for (int64_t k0 = 0; k0 < W.cols; k0 += KB) {
+      const int64_t k1 = k0 + KB;
+      for (int64_t r = c0; r < c1; ++r) {
+        int32_t i = cur[r - c0]; const int32_t e = W.ptr[r + 1];
+        if (i >= e || W.col[i] >= k1) continue;
+        vf8 acc[8]; for (int q = 0; q < 8; ++q) acc[q] = vload(Y + r * P + 8 * q);
+        for (; i < e && W.col[i] < k1; ++i) { vf8 v = splat(W.val[i]); const float* x = X + W.col[i] * P; for (int q = 0; q < 8; ++q) acc[q] = fma8(v, vload(x + 8 * q), acc[q]); }
+        cur[r - c0] = i;
+        for (int q = 0; q < 8; ++q) vstore(Y + r * P + 8 * q, acc[q]);
+      }
+    }
+  }
+}
+int main(int argc, char** argv) {
+  double d = argc > 1 ? atof(argv[1]) : 0.33, ghz = (argc > 2 ? atof(argv[2]) : 2.445) * 1e9;
+  Csr W = make(10000, 650, d);
+  std::vector<float> X(650 * P), Xs(650 * P), Y(10000 * P), Y2(10000 * P);
+  for (auto& x : X) x = (rand() % 1000) * 1e-3f;
+  for (int sp = 0; sp < 4; ++sp) for (int k = 0; k < 650; ++k) for (int j = 0; j < 16; ++j) Xs[sp * 650 * 16 + k * 16 + j] = X[k * P + sp * 16 + j];
+  std::vector<int32_t> cur(CH);
+  std::vector<std::function<void()>> fs = {[&] { vA(W, X.data(), Y.data()); }, [&] { vD(W, Xs.data(), Y2.data()); }, [&] { vC<96>(W, X.data(), Y2.data(), cur); }, [&] { vC<128>(W, X.data(), Y2.data(), cur); }, [&] { vC<64>(W, X.data(), Y2.data(), cur); }};
+  const char* names[] = {"a row x 64 columns (the kernels' dot_block<8>)", "16-column panels x 4 rows", "K blocks of 96 rows of X", "K blocks of 128", "K blocks of 64"};
+  std::vector<double> best(fs.size(), 1e9);
+  for (int r = 0; r < 15; ++r) for (size_t k = 0; k < fs.size(); ++k) { auto a = std::chrono::steady_clock::now(); for (int n = 0; n < 3; ++n) fs[k](); auto b = std::chrono::steady_clock::now(); best[k] = std::min(best[k], std::chrono::duration<double>(b - a).count() / 3);
+    if (r == 0 && k > 0) { double err = 0; for (size_t i = 0; i < Y.size(); ++i) err = std::max(err, (double)std::abs(Y[i] - Y2[i])); if (err > 1e-3) printf("%s mismatch %g\n", names[k], err); } }
+  double macs = (double)W.col.size() * P;
+  printf("density %.2f, multiply-adds per cycle at %.3f GHz, 1 thread:\n", d, ghz / 1e9);
+  for (size_t k = 0; k < fs.size(); ++k) printf("  %-48s %.2f\n", names[k], macs / best[k] / ghz);
+}

@@ -1,0 +1,108 @@
+// Batch-1 SELL-8 product (the inner loop of kernels' rows8) in isolation: one 2,600 x 650 matrix (the reference
+// model's W_hh) times one vector, ways of loading a slice entry's 8 columns of x. Run by
+// benchmarks/microkernels.py; arguments: density, clock in GHz.
+#include <immintrin.h>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include <chrono>
+#include <algorithm>
+#include <cstring>
+#include <functional>
+typedef uint16_t I;
+struct Sell { std::vector<int64_t> ptr; std::vector<I> col; std::vector<float> val; int64_t rows; };
+Sell make(int64_t rows, int64_t cols, double d, unsigned seed) {
+  srand(seed); Sell s; s.rows = rows; s.ptr.push_back(0);
+  std::vector<std::vector<int>> r(rows);
+  for (int64_t i = 0; i < rows; ++i) for (int64_t j = 0; j < cols; ++j) if (rand() < d * RAND_MAX) r[i].push_back(j);
+  for (int64_t s0 = 0; s0 < rows; s0 += 8) {
+    size_t len = 0; for (int k = 0; k < 8; ++k) len = std::max(len, r[s0 + k].size());
+    for (size_t i = 0; i < len; ++i) for (int k = 0; k < 8; ++k) {
+      bool ok = i < r[s0 + k].size(); s.col.push_back(ok ? r[s0 + k][i] : 0); s.val.push_back(ok ? 0.01f * (rand() % 100) : 0.f);
+    }
+    s.ptr.push_back(s.col.size());
+  }
+  return s;
+}
+__attribute__((noinline)) void vA(const Sell& W, const float* X, int64_t ldx, float* out) {
+  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
+    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
+      __m256 x = _mm256_set_ps(X[c[7] * ldx], X[c[6] * ldx], X[c[5] * ldx], X[c[4] * ldx], X[c[3] * ldx], X[c[2] * ldx], X[c[1] * ldx], X[c[0] * ldx]);
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
+    }
+    _mm256_storeu_ps(out + sl * 8, acc);
+  }
+}
+__attribute__((noinline)) void vB(const Sell& W, const float* X, float* out) {
+  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
+    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
+      __m256 x = _mm256_set_ps(X[c[7]], X[c[6]], X[c[5]], X[c[4]], X[c[3]], X[c[2]], X[c[1]], X[c[0]]);
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
+    }
+    _mm256_storeu_ps(out + sl * 8, acc);
+  }
+}
+__attribute__((noinline)) void vC(const Sell& W, const float* X, float* out) {
+  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
+    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
+      uint64_t a, q; memcpy(&a, c, 8); memcpy(&q, c + 4, 8);
+      __m128 lo = _mm_set_ps(X[a >> 48], X[(a >> 32) & 0xffff], X[(a >> 16) & 0xffff], X[a & 0xffff]);
+      __m128 hi = _mm_set_ps(X[q >> 48], X[(q >> 32) & 0xffff], X[(q >> 16) & 0xffff], X[q & 0xffff]);
+      __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
+    }
+    _mm256_storeu_ps(out + sl * 8, acc);
+  }
+}
+__attribute__((noinline)) void vF(const Sell& W, const float* X, int64_t ldx, float* out) {
+  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
+    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
+      uint64_t a, q; memcpy(&a, c, 8); memcpy(&q, c + 4, 8);
+      __m128 lo = _mm_set_ps(X[(a >> 48) * ldx], X[((a >> 32) & 0xffff) * ldx], X[((a >> 16) & 0xffff) * ldx], X[(a & 0xffff) * ldx]);
+      __m128 hi = _mm_set_ps(X[(q >> 48) * ldx], X[((q >> 32) & 0xffff) * ldx], X[((q >> 16) & 0xffff) * ldx], X[(q & 0xffff) * ldx]);
+      __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
+    }
+    _mm256_storeu_ps(out + sl * 8, acc);
+  }
+}
+__attribute__((noinline)) void vD(const Sell& W, const float* X, float* out) {
+  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
+    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
+      __m256i idx = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)c));
+      __m256 x = _mm256_i32gather_ps(X, idx, 4);
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
+    }
+    _mm256_storeu_ps(out + sl * 8, acc);
+  }
+}
+int main(int argc, char** argv) {
+  double d = argc > 1 ? atof(argv[1]) : 0.1, ghz = (argc > 2 ? atof(argv[2]) : 2.445) * 1e9;
+  Sell W = make(2600, 650, d, 1);
+  std::vector<float> X(650), o(2600), o2(2600);
+  for (auto& x : X) x = (rand() % 100) * 0.01f;
+  int64_t nnz = W.col.size();
+  auto t = [&](auto f) { double best = 1e9; for (int r = 0; r < 7; ++r) { auto a = std::chrono::steady_clock::now(); for (int k = 0; k < 200; ++k) f(); auto b = std::chrono::steady_clock::now(); best = std::min(best, std::chrono::duration<double>(b - a).count() / 200); } return best; };
+  volatile int64_t ldx = 1;
+  std::vector<std::function<void()>> fs = {[&] { vA(W, X.data(), ldx, o.data()); }, [&] { vB(W, X.data(), o2.data()); }, [&] { vC(W, X.data(), o2.data()); }, [&] { vD(W, X.data(), o2.data()); }, [&] { vF(W, X.data(), ldx, o2.data()); }};
+  const char* names[] = {"8 loads of 16-bit indices (x ldx)", "the same, ldx = 1", "two 64-bit loads, ldx = 1", "vgatherdps", "two 64-bit loads (x ldx; the kernels' rows8)"};
+  std::vector<double> best(fs.size(), 1e9);
+  // alternating, best of 40 rounds of 50 calls
+  for (int r = 0; r < 40; ++r) for (size_t k = 0; k < fs.size(); ++k) {
+    auto a = std::chrono::steady_clock::now(); for (int n = 0; n < 50; ++n) fs[k](); auto b = std::chrono::steady_clock::now();
+    best[k] = std::min(best[k], std::chrono::duration<double>(b - a).count() / 50);
+  }
+  printf("density %.2f, %ld entries (SELL-8, unsorted: padding included), non-zeros per cycle at %.3f GHz, 1 thread:\n", d, nnz, ghz / 1e9);
+  for (size_t k = 0; k < fs.size(); ++k) printf("  %-48s %.2f\n", names[k], nnz / best[k] / ghz);
+}
