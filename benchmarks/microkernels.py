@@ -1,6 +1,8 @@
 """The kernels' two inner loops in isolation (``benchmarks/microkernels/*.cpp``), for the per-core rates and
 ceilings that the inference numbers are read against: the batch-1 SELL-8 product (non-zeros per cycle) and
-the sparse x dense panel product (multiply-adds per cycle), each against variants that were tried.
+the sparse x dense panel product (multiply-adds per cycle), each against variants that were tried; and, for
+the dense side of the comparison, PyTorch's BLAS on the decoder's dense GEMM (2,048 x 650 x 10,000) on one
+thread.
 
 Compiles each file with the extension's flags (``-O3 -mavx2 -mfma -ffp-contract=off``) into a temporary
 directory and runs it at the given densities on one thread. Needs a C++ compiler and an AVX2 CPU. Not a test;
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import time
 import subprocess
 import sys
 import tempfile
@@ -51,6 +54,22 @@ def main() -> None:
             print(f"== {src.name}")
             for d in args.densities:
                 subprocess.run([str(exe), str(d), f"{ghz:.3f}"], check=True)
+    if not args.only:
+        print(f"== dense GEMM (PyTorch), multiply-adds per cycle at {ghz:.3f} GHz, 1 thread: {gemm_rate() / ghz:.2f}")
+
+
+def gemm_rate(m: int = 2048, k: int = 650, n: int = 10000) -> float:
+    """G multiply-adds per second of x @ W.t() on one thread, best of 5."""
+    import torch
+
+    torch.set_num_threads(1)
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x @ w.t()
+        best = min(best, time.perf_counter() - t0)
+    return m * k * n / best / 1e9
 
 
 if __name__ == "__main__":
