@@ -34,3 +34,32 @@ def test_replace_section_keeps_the_other_sections_in_place(tmp_path):
     assert results.read_text() == "# R\n\n## A\n\nnew a\n\n## B\nb\n"
     replace_section(results, "## C", "## C\nc")
     assert results.read_text().endswith("## B\nb\n\n## C\nc\n")
+
+
+def test_kernels_ab_runs_engines_on_the_library_it_is_given(tmp_path):
+    """benchmarks/kernels_ab.py's baseline: engines loaded inside ``library(path)`` call that copy of the
+    library (a second handle, so its own symbols), and the engine's default comes back afterwards."""
+    import shutil
+
+    import pytest
+    import torch
+
+    from selfish_deploy import kernels
+    from selfish_deploy.kernels import loader
+    from selfish_deploy.runtime import SparseLM
+
+    if not kernels.compiled_available():
+        pytest.skip("compiled kernels not built")
+    from kernels_ab import library
+
+    copy = tmp_path / "copy.so"
+    shutil.copy(loader.library_path(), copy)
+    bundled = Path(kernels.__file__).resolve().parents[1] / "assets" / "ptb-lstm-sparse"
+    own = kernels.kernels_for
+    with library(str(copy)):
+        other = SparseLM.load(bundled, backend="sparse", threads=1)
+    assert kernels.kernels_for is own
+    mine = SparseLM.load(bundled, backend="sparse", threads=1)
+    assert other.backend.kernels.lib._name == str(copy) and mine.backend.kernels.lib._name != str(copy)
+    tokens = torch.tensor([[3], [7], [11]])
+    assert torch.equal(other.forward(tokens, None)[0], mine.forward(tokens, None)[0])
