@@ -135,7 +135,7 @@ def steps(args) -> dict:
     if dense:
         update = result.get("topology_update", {}).get("update_ms", 0.0) / result["full_epoch_steps"]
         result["update_ms_per_step"] = update
-        for key, r in best.items():
+        for r in best.values():
             r["vs_dense"] = r["step_ms"] / dense["step_ms"] - 1
             spread = update if r["method"] != "dense" else 0.0
             r["vs_dense_with_update"] = (r["step_ms"] + spread) / dense["step_ms"] - 1

@@ -24,7 +24,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from datetime import date, datetime, timezone
 from pathlib import Path
 

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..exportdir import ExportedModel, load_export
 from ..families import get_family
 from ..hub.mixin import HubMixin
-from .backends import BACKENDS, make_backend
+from .backends import make_backend
 from .generation import BatchGenerator, Completion, TokenEvent
 from .sampling import SamplingParams
 from .state import State
