@@ -39,6 +39,33 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> float:
     return 1000 * statistics.median(samples)
 
 
+def speed_probe(threads: tuple[int, ...] = (1, 2)) -> dict[int, float]:
+    """This VM's speed now: G multiply-adds/s of a fixed dense GEMM (256 x 650 x 2,600, best of 3) per thread
+    count. Its spread across a run says how much of a run's spread is the machine's (slow spells, a
+    descheduled second vCPU), not the code's."""
+    x, w = torch.randn(256, 650), torch.randn(2600, 650)
+    before, rates = torch.get_num_threads(), {}
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                x @ w.t()
+                best = min(best, time.perf_counter() - t0)
+            rates[t] = 256 * 650 * 2600 / best / 1e9
+    finally:
+        torch.set_num_threads(before)
+    return rates
+
+
+def probe_line(probes: list[dict[int, float]]) -> str:
+    """The probes of a run as one sentence for RESULTS.md."""
+    parts = [f"{t} thread{'s' if t > 1 else ''} {min(p[t] for p in probes):.1f}-{max(p[t] for p in probes):.1f}"
+             for t in probes[0]]
+    return f"VM speed probe (`common.speed_probe`, dense GEMM, G multiply-adds/s, {len(probes)} probes): {', '.join(parts)}."
+
+
 def replace_section(results: Path, heading: str, text: str) -> None:
     """Put ``text`` (starting with ``heading``, a ``## `` line) in RESULTS.md in place of that section, or at the
     end; other sections stay as they are."""

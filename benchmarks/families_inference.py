@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_ms, replace_section  # noqa: E402
+from common import machine, median_ms, probe_line, replace_section, speed_probe  # noqa: E402
 from inference import check, inputs  # noqa: E402  the same texts and the same check as the LSTM benchmark
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -137,7 +137,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        rows, errors = [], {}
+        rows, errors, probes = [], {}, [speed_probe()]
         for name in args.models:
             model = write_export(name, work)
             errors[name] = spawn("--check", model)["max_rel_err"]
@@ -148,6 +148,7 @@ def main() -> None:
                         got = spawn("--worker", e, model, threads, args.repeats)
                         for k in CASES:
                             times[e][k] = min(times[e].get(k, float("inf")), got[k])
+                    probes.append(speed_probe())
                 rows.append({"model": name, "threads": threads, "times": times})
                 print(table(rows[-1:]), flush=True)
     text = table(rows)
@@ -160,7 +161,7 @@ def main() -> None:
                 f"{max(50, 20 * args.repeats)}), best of {args.rounds} interleaved rounds. Models (vocabulary "
                 f"10,000, random weights and masks): {shapes}. Sparse scores equal the dense backend's (max "
                 f"relative error {max(errors.values()):.1e}). 'vs best dense' is the faster of ONNX Runtime and "
-                f"PyTorch divided by ours.\n\n{text}\n")
+                f"PyTorch divided by ours. {probe_line(probes)}\n\n{text}\n")
         replace_section(RESULTS, args.section, body)
         print(f"wrote {args.section} in {RESULTS}")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, median_ms, replace_section  # noqa: E402
+from common import machine, median_ms, probe_line, replace_section, speed_probe  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 SECTION = "## Inference speed"
@@ -261,7 +261,7 @@ def main() -> None:
             save_onnx(build_onnx(load_export(bundled)), bundled / "model.onnx")
             write_manifest(bundled)  # the copy now also holds model.onnx
         models.append(("bundled 2x200", str(bundled)))
-    rows = []
+    rows, probes = [], [speed_probe()]
     for name, path in models:
         facts = model_facts(path)
         err = spawn("--check", path)["max_rel_err"]
@@ -271,6 +271,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for engine in runs:
                     runs[engine].append(spawn("--worker", engine, path, t, args.repeats))
+                probes.append(speed_probe())
             for engine, results in runs.items():
                 best = dict(results[0])
                 for k in CASES:
@@ -288,10 +289,11 @@ def main() -> None:
             f"process, median of {args.repeats} calls (generation step: of {max(50, 20 * args.repeats)} steps), "
             f"best of {args.rounds} interleaved rounds. "
             f"Sparse scores equal the dense backend's (max relative error {worst:.1e}). 'vs best dense' is the "
-            f"faster of ONNX Runtime and PyTorch divided by ours (> 1: ours is faster).\n\n{table(rows)}\n")
+            f"faster of ONNX Runtime and PyTorch divided by ours (> 1: ours is faster). {probe_line(probes)}"
+            f"\n\n{table(rows)}\n")
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "date": str(date.today()), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "date": str(date.today()), "rows": rows, "probes": probes}, indent=1))
     bundled_rows = [r for r in rows if r["model"].startswith("bundled")]
     if args.card_json and bundled_rows:
         r = max(bundled_rows, key=lambda r: r["threads"])

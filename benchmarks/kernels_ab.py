@@ -30,6 +30,8 @@ from selfish_deploy import kernels
 from selfish_deploy.kernels import compiled, loader
 from selfish_deploy.runtime import SparseLM
 
+from common import probe_line, speed_probe
+
 DENSE_BATCH1 = compiled.DENSE_BATCH1
 CASES = ("product", "trunk", "score", "step")
 
@@ -83,6 +85,7 @@ def main() -> None:
         with library(path):
             lm = SparseLM.load(args.export, backend="sparse", threads=args.threads)
         engines[name] = (threshold, lm, lm.forward(tok, None)[1])
+    probes = [speed_probe()]
     times = {name: {case: [] for case in CASES} for name in engines}
     outputs = {}
     for i in range(args.rounds):
@@ -109,6 +112,8 @@ def main() -> None:
             continue
         new, old = (min(times[n][case]) for n in ("new", "old"))
         print(f"{case:7s}: new {new:8.3f} ms   old {old:8.3f} ms   old / new {old / new:.2f}")
+    probes.append(speed_probe())
+    print(probe_line(probes))
     same = all(torch.equal(a, b) for a, b in zip(*outputs.values()))
     print("same bits (trunk, log-probabilities of a text and of a step):", same)
 

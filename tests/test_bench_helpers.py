@@ -63,3 +63,14 @@ def test_kernels_ab_runs_engines_on_the_library_it_is_given(tmp_path):
     assert other.backend.kernels.lib._name == str(copy) and mine.backend.kernels.lib._name != str(copy)
     tokens = torch.tensor([[3], [7], [11]])
     assert torch.equal(other.forward(tokens, None)[0], mine.forward(tokens, None)[0])
+
+
+def test_speed_probe_reports_each_thread_count_and_restores_torchs():
+    import torch
+    from common import probe_line, speed_probe
+
+    before = torch.get_num_threads()
+    probes = [speed_probe((1,)), {1: 10.0}]
+    assert torch.get_num_threads() == before and probes[0][1] > 0
+    low = min(probes[0][1], 10.0)
+    assert probe_line(probes).endswith(f"2 probes): 1 thread {low:.1f}-{max(probes[0][1], 10.0):.1f}.")
