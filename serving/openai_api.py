@@ -114,7 +114,8 @@ def sampling(req: CompletionRequest, cfg, choice: int) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
                           repetition_penalty=req.repetition_penalty, seed=seed, stop=stop,
                           stop_at_eos=not req.ignore_eos, logprobs=req.logprobs or 0,
-                          stop_token_ids=tuple(req.stop_token_ids or ()))
+                          stop_token_ids=tuple(req.stop_token_ids or ()),
+                          logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()})
 
 
 def check(req: CompletionRequest, request: Request) -> None:
@@ -128,7 +129,8 @@ def check(req: CompletionRequest, request: Request) -> None:
               f"logprobs must be at most {cfg.max_logprobs}"),
              (req.presence_penalty == 0 and req.frequency_penalty == 0, "presence_penalty",
               "presence_penalty and frequency_penalty are not supported (use repetition_penalty)"),
-             (not req.logit_bias, "logit_bias", "logit_bias is not supported"),
+             (all(int(k) < len(calls.engine(request).vocab) for k in req.logit_bias or {}), "logit_bias",
+              "logit_bias token ids must be in the vocabulary (GET /tokenizer_info: vocab_size)"),
              (req.suffix is None, "suffix", "suffix is not supported")]
     for ok, param, message in rules:
         if not ok:

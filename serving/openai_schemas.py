@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 from .schemas import _Strict
 
 MAX_SEED = 2**63 - 1
+MAX_LOGIT_BIAS = 300  # token ids per request's logit_bias
 
 
 class _Request(_Strict):
@@ -54,7 +55,9 @@ class CompletionRequest(_Request):
     user: str | None = Field(None, max_length=500)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Only 0 is supported")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Only 0 is supported")
-    logit_bias: dict[str, float] | None = Field(None, description="Only null or {} is supported")
+    logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) -> a bias in [-100, 100] "
+                                                "added to its logit before sampling (at most 300 ids); the "
+                                                "log-probabilities returned are the model's own")
     suffix: str | None = Field(None, description="Only null is supported")
 
     @field_validator("stop")
@@ -63,6 +66,20 @@ class CompletionRequest(_Request):
         stops = [v] if isinstance(v, str) else (v or [])
         if len(stops) > 8 or any(len(s) > 200 for s in stops):
             raise ValueError("at most 8 stop strings of at most 200 characters")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def bias_of_token_ids(cls, v):
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} token ids")
+        for key, bias in v.items():
+            if not key.isascii() or not key.isdigit() or len(key) > 12:
+                raise ValueError(f"keys must be token ids (digits), got {key!r}")
+            if not -100 <= bias <= 100:  # NaN fails too
+                raise ValueError(f"values must be in [-100, 100], got {bias} for token {key}")
         return v
 
 

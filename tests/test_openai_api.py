@@ -9,6 +9,7 @@ import math
 import httpx
 import openai
 import pytest
+import torch
 
 from selfish_deploy.runtime import SamplingParams, SparseLM, detokenize
 from selfish_deploy.serving.app import create_app
@@ -72,6 +73,22 @@ def test_sdk_streaming_equals_plain(client):
     assert usage.completion_tokens == plain.usage.completion_tokens == 32
     # choice j of a prompt uses seed + j: the two choices of one prompt differ, and repeat exactly
     assert plain.choices[0].text != plain.choices[1].text
+
+
+def test_logit_bias_steers_sampling_and_keeps_the_models_logprobs(client, lm):
+    """OpenAI's logit_bias (token id strings -> -100..100): +100 forces a token, -100 bans one; the
+    log-probabilities returned are the model's own (vLLM's raw logprobs)."""
+    forced = client.completions.create(model=NAME, prompt="the company", max_tokens=4, seed=1, logprobs=1,
+                                       logit_bias={"7": 100})
+    word = lm.vocab.itos[7]
+    assert forced.choices[0].logprobs.tokens == [word] * 4
+    logp, _ = lm.forward(torch.tensor([lm.prompt_ids("the company")]).t(), None)
+    assert forced.choices[0].logprobs.token_logprobs[0] == pytest.approx(logp[-1, 0, 7].item(), abs=1e-5)
+    greedy = client.completions.create(model=NAME, prompt="the company", max_tokens=1, temperature=0, logprobs=1)
+    first = greedy.choices[0].logprobs.tokens[0]
+    banned = client.completions.create(model=NAME, prompt="the company", max_tokens=1, temperature=0, logprobs=1,
+                                       logit_bias={str(lm.vocab.stoi[first]): -100})
+    assert banned.choices[0].logprobs.tokens[0] != first
 
 
 def test_stop_strings_and_max_tokens_zero(client, lm):

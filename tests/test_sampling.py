@@ -94,8 +94,39 @@ def test_repetition_penalty_lowers_seen_tokens():
                   seen).item() == 1
 
 
+def test_logit_bias_shifts_a_tokens_odds_by_its_exponential():
+    """A bias b multiplies a token's odds against the rest by e^b (p -> p e^b / (1 - p + p e^b)), before the
+    other filters, and leaves the log-probabilities it is given untouched."""
+    b, tok = 1.2, 3
+    params = SamplingParams(logit_bias={tok: b})
+    logp = LOGP.clone()
+    tokens = draw(params, 20_000, seed=2, logp=logp)
+    assert torch.equal(logp, LOGP)
+    p = LOGP.exp()
+    expected = p.clone()
+    expected[tok] = p[tok] * torch.exp(torch.tensor(b))
+    expected /= expected.sum()
+    _, pvalue = chisquare(torch.bincount(tokens, minlength=V).float().numpy(), (expected * 20_000).numpy())
+    assert pvalue > 1e-3
+    sorted_logits, order = filtered_logits(LOGP.view(1, -1), [params])  # the reference filter sees it too
+    assert sorted_logits[0][(order[0] == tok).nonzero()].item() == pytest.approx(LOGP[tok].item() + b)
+
+
+def test_logit_bias_forces_and_bans_tokens_in_every_mode():
+    for mode in (dict(temperature=0), dict(), dict(top_k=2), dict(top_p=0.5)):
+        assert set(draw(SamplingParams(logit_bias={9: 100}, **mode), 50).tolist()) == {9}, mode
+        banned = draw(SamplingParams(logit_bias={0: -100, 1: -100}, **mode), 500).tolist()
+        assert 0 not in banned and 1 not in banned, mode
+    # per row: the other rows of a batch are not biased
+    rows = LOGP.view(1, -1).expand(2, -1).contiguous()
+    greedy = [SamplingParams(temperature=0, logit_bias=[(11, 100.0)]), SamplingParams(temperature=0)]
+    assert sample(rows, greedy, [make_generator(0)] * 2).tolist() == [11, 0]
+
+
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1),
-                                 dict(max_tokens=-1), dict(repetition_penalty=0), dict(seed=-1)])
+                                 dict(max_tokens=-1), dict(repetition_penalty=0), dict(seed=-1),
+                                 dict(logit_bias={1: 101}), dict(logit_bias={-1: 1.0}), dict(logit_bias={"1": 1.0}),
+                                 dict(logit_bias={1: float("nan")})])
 def test_invalid_parameters_are_user_errors(bad):
     with pytest.raises(UserError):
         SamplingParams(**bad)

@@ -119,6 +119,9 @@ class BatchGenerator:
             if not ids:
                 raise UserError("a prompt needs at least one token (a text prompt starts with <eos>)")
             lm.check_ids(ids)
+        for p in params:
+            if p.logit_bias and p.logit_bias[-1][0] >= len(lm.vocab):  # sorted by id: the last is the largest
+                raise UserError(f"logit_bias token ids must be in [0, {len(lm.vocab)}), got {p.logit_bias[-1][0]}")
         seqs = [Sequence(next(self._ids), list(ids), p, make_generator(p.seed)) for ids, p in zip(prompts, params)]
         todo = []
         for seq in seqs:

@@ -4,13 +4,16 @@
 searchsorted); the only per-row work is drawing one uniform number from the row's own generator, so a
 sequence's samples depend on its seed alone, not on which other sequences share the batch.
 
-Filters, in vLLM's order: repetition penalty, temperature, top-k, top-p, then one draw (inverse CDF).
+Filters, in vLLM's order: logit bias, repetition penalty, temperature, top-k, top-p, then one draw (inverse
+CDF). The log-probabilities reported for the chosen tokens are the model's own, before any filter (vLLM's
+default ``raw_logprobs``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -31,6 +34,8 @@ class SamplingParams:
     stop_at_eos: bool = False  # stop after the sentence end <eos>
     logprobs: int = 0  # also return the n most likely tokens at every step
     stop_token_ids: tuple[int, ...] = field(default=())
+    # added to a token's logit before everything else ({id: bias} or (id, bias) pairs; OpenAI's -100..100)
+    logit_bias: tuple[tuple[int, float], ...] | Mapping[int, float] = field(default=())
 
     def __post_init__(self):
         checks = [(self.max_tokens >= 0, "max_tokens must be >= 0"),
@@ -45,6 +50,13 @@ class SamplingParams:
                 raise UserError(message)
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        bias = dict(self.logit_bias.items() if isinstance(self.logit_bias, Mapping) else self.logit_bias)
+        for tok, b in bias.items():
+            if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
+                raise UserError(f"logit_bias keys must be token ids (integers >= 0), got {tok!r}")
+            if not (isinstance(b, (int, float)) and math.isfinite(b) and -100 <= b <= 100):
+                raise UserError(f"logit_bias values must be numbers in [-100, 100], got {b!r} for token {tok}")
+        object.__setattr__(self, "logit_bias", tuple(sorted((t, float(b)) for t, b in bias.items())))
 
     @property
     def greedy(self) -> bool:
@@ -61,10 +73,15 @@ def make_generator(seed: int | None, device="cpu") -> torch.Generator:
 
 
 def penalized(logp: torch.Tensor, params: Sequence[SamplingParams], seen: torch.Tensor | None) -> torch.Tensor:
-    """Log-probabilities as float logits, seen tokens penalised (CTRL / HF: a logit is divided by the penalty
-    when positive, multiplied when negative; log-probabilities are never positive, so they are multiplied)."""
+    """Log-probabilities as float logits: each row's logit bias added, then seen tokens penalised (CTRL / HF:
+    a logit is divided by the penalty when positive, multiplied when negative). ``logp`` is not modified."""
     logits = logp.float()
     # which filters are on is decided from the parameters (host values), never from device tensors: no sync
+    biased = [(r, t, b) for r, p in enumerate(params) for t, b in p.logit_bias]
+    if biased:
+        rows, cols, vals = zip(*biased)
+        at = (torch.tensor(rows, device=logp.device), torch.tensor(cols, device=logp.device))
+        logits = logits.index_put(at, torch.tensor(vals, dtype=logits.dtype, device=logp.device), accumulate=True)
     if seen is not None and any(p.repetition_penalty != 1.0 for p in params):
         pen = torch.tensor([p.repetition_penalty for p in params], device=logp.device).view(-1, 1)
         logits = torch.where(seen & (pen != 1), torch.where(logits > 0, logits / pen, logits * pen), logits)
