@@ -112,7 +112,8 @@ def sampling(req: CompletionRequest, cfg, choice: int) -> SamplingParams:
     seed = None if req.seed is None else (req.seed + choice) % 2**64
     max_tokens = cfg.max_new_tokens if req.max_tokens is None else req.max_tokens
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                          repetition_penalty=req.repetition_penalty, seed=seed, stop=stop,
+                          repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
+                          frequency_penalty=req.frequency_penalty, seed=seed, stop=stop,
                           stop_at_eos=not req.ignore_eos, logprobs=req.logprobs or 0,
                           stop_token_ids=tuple(req.stop_token_ids or ()),
                           logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()})
@@ -127,8 +128,6 @@ def check(req: CompletionRequest, request: Request) -> None:
              (req.best_of in (None, req.n), "best_of", "best_of other than n is not supported"),
              (req.logprobs is None or req.logprobs <= cfg.max_logprobs, "logprobs",
               f"logprobs must be at most {cfg.max_logprobs}"),
-             (req.presence_penalty == 0 and req.frequency_penalty == 0, "presence_penalty",
-              "presence_penalty and frequency_penalty are not supported (use repetition_penalty)"),
              (all(int(k) < len(calls.engine(request).vocab) for k in req.logit_bias or {}), "logit_bias",
               "logit_bias token ids must be in the vocabulary (GET /tokenizer_info: vocab_size)"),
              (req.suffix is None, "suffix", "suffix is not supported")]

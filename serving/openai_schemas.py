@@ -53,8 +53,10 @@ class CompletionRequest(_Request):
     seed: int | None = Field(None, ge=-MAX_SEED - 1, le=MAX_SEED,
                              description="Per-request seed; choice i uses seed + i")
     user: str | None = Field(None, max_length=500)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Only 0 is supported")
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Only 0 is supported")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Subtracted from the logit of each token "
+                                    "already generated")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Subtracted from a token's logit once per "
+                                     "time it was generated")
     logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) -> a bias in [-100, 100] "
                                                 "added to its logit before sampling (at most 300 ids); the "
                                                 "log-probabilities returned are the model's own")

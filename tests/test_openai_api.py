@@ -91,6 +91,15 @@ def test_logit_bias_steers_sampling_and_keeps_the_models_logprobs(client, lm):
     assert banned.choices[0].logprobs.tokens[0] != first
 
 
+def test_presence_and_frequency_penalties_reach_the_engine(client, lm):
+    kw = dict(max_tokens=10, temperature=0.8, seed=3, presence_penalty=1.5, frequency_penalty=0.5)
+    out = client.completions.create(model=NAME, prompt="the company", logprobs=1, **kw)
+    ref = lm.generate("the company", SamplingParams(**kw))
+    assert out.choices[0].logprobs.tokens == ref.tokens
+    plain = lm.generate("the company", SamplingParams(**{**kw, "presence_penalty": 0, "frequency_penalty": 0}))
+    assert plain.tokens != ref.tokens
+
+
 def test_stop_strings_and_max_tokens_zero(client, lm):
     ref = lm.generate("the company", SamplingParams(max_tokens=12, temperature=0.9, seed=0))
     i = next(i for i in range(2, 12) if "<eos>" not in ref.tokens[i - 1:i + 1])
@@ -194,7 +203,7 @@ def test_tokenize_detokenize_round_trip(http, lm):
     ({"prompt": "the", "n": 10_000}, 400, "n"),
     ({"prompt": "the", "max_tokens": 10**9}, 400, "max_tokens"),
     ({"prompt": "the", "best_of": 3}, 400, "best_of"),
-    ({"prompt": "the", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ({"prompt": "the", "presence_penalty": 2.5}, 422, None),
     ({"prompt": "the", "temperature": "hot"}, 422, None),
     ({"prompt": "the", "bogus": 1}, 422, None),
 ])

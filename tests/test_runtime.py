@@ -201,6 +201,43 @@ def test_batched_generation_is_exactly_one_at_a_time(exports, backend):
         assert len(got.token_ids) == sp.max_tokens and got.finish_reason == "length"
 
 
+def test_penalties_and_logit_bias_follow_a_hand_written_greedy_loop(exports):
+    """Greedy generation with presence, frequency and repetition penalties and a logit bias equals a loop that
+    applies them by hand to the model's log-probabilities (vLLM's order and rules: the bias, then the
+    repetition penalty over prompt and output, then the frequency and presence penalties over the output);
+    the reported log-probabilities are the model's own; and it is the same inside a batch."""
+    lm = SparseLM.load(exports("lstm", 0.33))
+    prompt, V = [0, 3, 4, 3], len(lm.vocab)
+    sp = SamplingParams(max_tokens=12, temperature=0, presence_penalty=0.7, frequency_penalty=0.4,
+                        repetition_penalty=1.2, logit_bias={5: 1.5, 8: -2.0})
+    got = lm.generate(prompt, sp)
+    logp, state = lm.forward(torch.tensor(prompt).view(-1, 1))
+    logp, counts, seen, tokens, lps = logp[-1, 0], torch.zeros(V), torch.zeros(V, dtype=torch.bool), [], []
+    seen[prompt] = True
+    for _ in range(sp.max_tokens):
+        x = logp.clone()
+        x[5] += 1.5
+        x[8] -= 2.0
+        x = torch.where(seen, torch.where(x > 0, x / 1.2, x * 1.2), x)
+        x = x - 0.4 * counts - 0.7 * (counts > 0)
+        tok = int(x.argmax())
+        tokens.append(tok)
+        lps.append(logp[tok].item())
+        counts[tok] += 1
+        seen[tok] = True
+        out, state = lm.forward(torch.tensor([[tok]]), state)
+        logp = out[0, 0]
+    assert got.token_ids == tokens
+    assert got.logprobs == pytest.approx(lps, abs=1e-6)
+    plain = lm.generate(prompt, SamplingParams(max_tokens=12, temperature=0))
+    assert plain.token_ids != tokens  # the penalties change this continuation
+    others = [SamplingParams(max_tokens=5, seed=1), SamplingParams(max_tokens=9, temperature=0.8, seed=2,
+                                                                   frequency_penalty=1.0)]
+    batch = lm.generate_batch([[0, 1], prompt, [0, 2, 2]], [others[0], sp, others[1]])
+    assert batch[1].token_ids == tokens
+    assert batch[2].token_ids == lm.generate([0, 2, 2], others[1]).token_ids
+
+
 def test_prefilling_together_gives_each_prompt_what_it_gets_alone(exports):
     """add_many: longest first, in segments between lengths; equal lengths and max_tokens=0 included."""
     lm = SparseLM.load(exports("gru", 0.33))

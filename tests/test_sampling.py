@@ -123,10 +123,31 @@ def test_logit_bias_forces_and_bans_tokens_in_every_mode():
     assert sample(rows, greedy, [make_generator(0)] * 2).tolist() == [11, 0]
 
 
+def test_presence_and_frequency_penalties_lower_generated_tokens_by_count():
+    counts = torch.zeros(1, V)
+    counts[0, 0], counts[0, 2] = 3, 1
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    sorted_logits, order = filtered_logits(LOGP.view(1, -1), [params], counts=counts)
+    logits = torch.empty(V)
+    logits[order[0]] = sorted_logits[0]
+    assert logits[0].item() == pytest.approx(LOGP[0].item() - 0.25 * 3 - 0.5)
+    assert logits[2].item() == pytest.approx(LOGP[2].item() - 0.25 - 0.5)
+    others = [i for i in range(V) if i not in (0, 2)]
+    assert torch.equal(logits[others], LOGP[others])
+    # the draws follow the penalised distribution
+    n = 20_000
+    rows = LOGP.view(1, -1).expand(n, -1).contiguous()
+    tokens = sample(rows, [params] * n, [make_generator(4)] * n, counts=counts.expand(n, -1))
+    expected = torch.softmax(logits, -1) * n
+    _, pvalue = chisquare(torch.bincount(tokens, minlength=V).float().numpy(), expected.numpy())
+    assert pvalue > 1e-3
+
+
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1),
                                  dict(max_tokens=-1), dict(repetition_penalty=0), dict(seed=-1),
                                  dict(logit_bias={1: 101}), dict(logit_bias={-1: 1.0}), dict(logit_bias={"1": 1.0}),
-                                 dict(logit_bias={1: float("nan")})])
+                                 dict(logit_bias={1: float("nan")}), dict(presence_penalty=2.5),
+                                 dict(frequency_penalty=-3)])
 def test_invalid_parameters_are_user_errors(bad):
     with pytest.raises(UserError):
         SamplingParams(**bad)

@@ -73,6 +73,7 @@ class Sequence:
     params: SamplingParams
     generator: torch.Generator
     seen: torch.Tensor | None = None  # (V,) bool, for the repetition penalty
+    counts: torch.Tensor | None = None  # (V,) output tokens so far, for the presence and frequency penalties
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
@@ -131,6 +132,8 @@ class BatchGenerator:
             if seq.params.repetition_penalty != 1.0:
                 seq.seen = torch.zeros(len(lm.vocab), dtype=torch.bool)
                 seq.seen[torch.tensor(seq.prompt_ids)] = True
+            if seq.params.counts_output:
+                seq.counts = torch.zeros(len(lm.vocab))
             todo.append(seq)
         if not todo:
             return seqs
@@ -179,7 +182,12 @@ class BatchGenerator:
             V = self.logp.shape[1]
             seen = torch.stack([s.seen if s.seen is not None else torch.zeros(V, dtype=torch.bool)
                                 for s in self.seqs]).to(self.logp.device)
-        tokens = sample(self.logp, params, [s.generator for s in self.seqs], seen)
+        counts = None
+        if any(s.counts is not None for s in self.seqs):
+            V = self.logp.shape[1]
+            counts = torch.stack([s.counts if s.counts is not None else torch.zeros(V)
+                                  for s in self.seqs]).to(self.logp.device)
+        tokens = sample(self.logp, params, [s.generator for s in self.seqs], seen, counts)
         chosen = self.logp.gather(1, tokens.view(-1, 1)).view(-1).tolist()
         k = max(p.logprobs for p in params)
         tops = None
@@ -211,6 +219,8 @@ class BatchGenerator:
         seq.words.append(word)
         if seq.seen is not None:
             seq.seen[tok] = True
+        if seq.counts is not None:
+            seq.counts[tok] += 1
         before = len(seq.full)
         seq.full += piece(seq.full, word)
         full = seq.full

@@ -4,8 +4,8 @@
 searchsorted); the only per-row work is drawing one uniform number from the row's own generator, so a
 sequence's samples depend on its seed alone, not on which other sequences share the batch.
 
-Filters, in vLLM's order: logit bias, repetition penalty, temperature, top-k, top-p, then one draw (inverse
-CDF). The log-probabilities reported for the chosen tokens are the model's own, before any filter (vLLM's
+Filters, in vLLM's order: logit bias, repetition penalty (prompt and output tokens), frequency and presence
+penalties (output tokens), temperature, top-k, top-p, then one draw (inverse CDF). The log-probabilities reported for the chosen tokens are the model's own, before any filter (vLLM's
 default ``raw_logprobs``).
 """
 
@@ -29,6 +29,8 @@ class SamplingParams:
     top_k: int = 0  # keep the k most likely tokens; 0 = all
     top_p: float = 1.0  # keep the smallest set of most likely tokens whose probability reaches top_p
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the output (CTRL's rule)
+    presence_penalty: float = 0.0  # subtracted from the logit of every token already generated (OpenAI's)
+    frequency_penalty: float = 0.0  # subtracted once per time a token was generated (OpenAI's)
     seed: int | None = None  # None: a fresh random seed
     stop: tuple[str, ...] = ()  # stop before the first of these strings in the generated text
     stop_at_eos: bool = False  # stop after the sentence end <eos>
@@ -43,6 +45,8 @@ class SamplingParams:
                   (self.top_k >= 0, "top_k must be >= 0"),
                   (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
                   (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+                  (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
+                  (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
                   (self.logprobs >= 0, "logprobs must be >= 0"),
                   (self.seed is None or 0 <= self.seed < 2**64, "seed must be in [0, 2**64)")]
         for ok, message in checks:
@@ -62,6 +66,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def counts_output(self) -> bool:
+        """Whether sampling needs this sequence's output-token counts (presence or frequency penalty)."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
 
 def make_generator(seed: int | None, device="cpu") -> torch.Generator:
     g = torch.Generator(device=device)
@@ -72,9 +81,12 @@ def make_generator(seed: int | None, device="cpu") -> torch.Generator:
     return g
 
 
-def penalized(logp: torch.Tensor, params: Sequence[SamplingParams], seen: torch.Tensor | None) -> torch.Tensor:
+def penalized(logp: torch.Tensor, params: Sequence[SamplingParams], seen: torch.Tensor | None,
+              counts: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probabilities as float logits: each row's logit bias added, then seen tokens penalised (CTRL / HF:
-    a logit is divided by the penalty when positive, multiplied when negative). ``logp`` is not modified."""
+    a logit is divided by the penalty when positive, multiplied when negative), then ``frequency_penalty *
+    count + presence_penalty * (count > 0)`` subtracted (``counts`` (B, V): output tokens so far).
+    ``logp`` is not modified."""
     logits = logp.float()
     # which filters are on is decided from the parameters (host values), never from device tensors: no sync
     biased = [(r, t, b) for r, p in enumerate(params) for t, b in p.logit_bias]
@@ -85,16 +97,20 @@ def penalized(logp: torch.Tensor, params: Sequence[SamplingParams], seen: torch.
     if seen is not None and any(p.repetition_penalty != 1.0 for p in params):
         pen = torch.tensor([p.repetition_penalty for p in params], device=logp.device).view(-1, 1)
         logits = torch.where(seen & (pen != 1), torch.where(logits > 0, logits / pen, logits * pen), logits)
+    if counts is not None and any(p.counts_output for p in params):
+        freq = torch.tensor([p.frequency_penalty for p in params], device=logp.device).view(-1, 1)
+        pres = torch.tensor([p.presence_penalty for p in params], device=logp.device).view(-1, 1)
+        logits = logits - (freq * counts + pres * (counts > 0))
     return logits
 
 
-def filtered_logits(logp: torch.Tensor, params: Sequence[SamplingParams],
-                    seen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def filtered_logits(logp: torch.Tensor, params: Sequence[SamplingParams], seen: torch.Tensor | None = None,
+                    counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference filter (a full sort; tests compare ``sample`` with it): logits after penalty, temperature,
     top-k and top-p, sorted descending per row, with the token id of each sorted position; filtered: -inf."""
     B, V = logp.shape
     dev = logp.device
-    logits = penalized(logp, params, seen)
+    logits = penalized(logp, params, seen, counts)
     temp = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=dev).view(B, 1)
     logits = logits / temp
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
@@ -155,14 +171,15 @@ def _candidates(x: torch.Tensor, params: Sequence[SamplingParams]) -> tuple[torc
 
 
 def sample(logp: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator],
-           seen: torch.Tensor | None = None) -> torch.Tensor:
-    """One token id per row of ``logp`` (B, V); ``seen`` (B, V) bool marks tokens for the repetition penalty.
+           seen: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """One token id per row of ``logp`` (B, V); ``seen`` (B, V) bool marks tokens for the repetition penalty,
+    ``counts`` (B, V) the output tokens so far for the presence and frequency penalties.
 
     Rows go in three groups by their own parameters (greedy; plain sampling over the whole vocabulary; top-k
     and/or top-p over candidates), so a row's token never depends on the other rows of the batch."""
     B, V = logp.shape
     dev = logp.device
-    logits = penalized(logp, params, seen)
+    logits = penalized(logp, params, seen, counts)
     tokens = torch.empty(B, dtype=torch.long, device=dev)
     greedy = [i for i, p in enumerate(params) if p.greedy]
     plain = [i for i, p in enumerate(params) if not p.greedy and not 0 < p.top_k < V and p.top_p >= 1.0]
