@@ -125,7 +125,10 @@ def check(req: CompletionRequest, request: Request) -> None:
     rules = [(req.max_tokens is None or req.max_tokens <= cfg.max_new_tokens, "max_tokens",
               f"max_tokens must be at most {cfg.max_new_tokens} (the server's limit)"),
              (req.n <= cfg.max_n, "n", f"n must be at most {cfg.max_n}"),
-             (req.best_of in (None, req.n), "best_of", "best_of other than n is not supported"),
+             (req.best_of is None or req.n <= req.best_of <= cfg.max_n, "best_of",
+              f"best_of must be at least n and at most {cfg.max_n}"),
+             (not req.stream or req.best_of in (None, req.n), "best_of",
+              "best_of other than n cannot be streamed (the best are known at the end)"),
              (req.logprobs is None or req.logprobs <= cfg.max_logprobs, "logprobs",
               f"logprobs must be at most {cfg.max_logprobs}"),
              (all(int(k) < len(calls.engine(request).vocab) for k in req.logit_bias or {}), "logit_bias",
@@ -211,9 +214,10 @@ async def completions(req: CompletionRequest, request: Request):
     scores = [None] * len(prompts)
     if req.echo and req.logprobs is not None:
         scores = await calls.score(request, [ids for ids, _, _ in prompts], req.logprobs)
-    choices = [Choice(lm, p * req.n + j, ids, text, from_string, req.logprobs, scores[p], req.echo)
-               for p, (ids, text, from_string) in enumerate(prompts) for j in range(req.n)]
-    seqs = [(ids, sampling(req, cfg, j)) for ids, _, _ in prompts for j in range(req.n)]
+    k = req.best_of or req.n  # candidates per prompt; the n with the highest total log-probability are returned
+    choices = [Choice(lm, p * k + j, ids, text, from_string, req.logprobs, scores[p], req.echo)
+               for p, (ids, text, from_string) in enumerate(prompts) for j in range(k)]
+    seqs = [(ids, sampling(req, cfg, j)) for ids, _, _ in prompts for j in range(k)]
     usage = Usage(prompt_tokens=sum(len(ids) for ids, _, _ in prompts), total_tokens=0)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     events = calls.generate_many(request, seqs, watch=not req.stream)
@@ -223,17 +227,19 @@ async def completions(req: CompletionRequest, request: Request):
             index=c.index, text=text, logprobs=lp, finish_reason=reason)]).model_dump()
 
     if not req.stream:
-        reasons = {}
+        reasons, totals = {}, {}
         async for i, item in events:
             if isinstance(item, TokenEvent):
                 choices[i].add(item)
             else:
-                reasons[i] = item.finish_reason
-                usage.completion_tokens += len(item.token_ids)
+                reasons[i], totals[i] = item.finish_reason, sum(item.logprobs)
+                usage.completion_tokens += len(item.token_ids)  # every candidate's tokens: all were generated
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        kept = list(range(len(choices))) if k == req.n else [  # best_of: by total log-probability, stable
+            i for p in range(len(prompts)) for i in sorted(range(p * k, p * k + k), key=lambda i: -totals[i])[:req.n]]
         return CompletionResponse(id=rid, created=created, model=cfg.model_name, usage=usage, choices=[
-            CompletionChoice(index=c.index, text=c.text, logprobs=c.lp, finish_reason=reasons.get(i))
-            for i, c in enumerate(choices)])
+            CompletionChoice(index=r, text=choices[i].text, logprobs=choices[i].lp, finish_reason=reasons.get(i))
+            for r, i in enumerate(kept)])
 
     first = await anext(events, None)  # an error before the first token is still an HTTP error
 

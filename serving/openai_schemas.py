@@ -40,7 +40,8 @@ class CompletionRequest(_Request):
     top_k: int = Field(0, ge=0, le=2**31 - 1, description="vLLM extra: keep the k most likely (0 = all)")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="vLLM extra")
     n: int = Field(1, ge=1, le=2**31 - 1, description="Choices per prompt (at most the server's max_n)")
-    best_of: int | None = Field(None, ge=1, le=2**31 - 1, description="Only null or equal to n")
+    best_of: int | None = Field(None, ge=1, le=2**31 - 1, description="Candidates per prompt (n..the server's "
+                                "max_n); the n with the highest total log-probability are returned, not streamed")
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(None, ge=0, le=2**31 - 1,

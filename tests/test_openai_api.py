@@ -91,6 +91,25 @@ def test_logit_bias_steers_sampling_and_keeps_the_models_logprobs(client, lm):
     assert banned.choices[0].logprobs.tokens[0] != first
 
 
+def test_best_of_returns_the_n_most_likely_candidates(client, lm):
+    """best_of k: k candidates (choice j seeded seed + j, as n's choices), the n with the highest total
+    log-probability returned most likely first; every candidate's tokens count as completion tokens."""
+    kw = dict(max_tokens=6, temperature=1.0)
+    out = client.completions.create(model=NAME, prompt=["the company", "shares"], n=2, best_of=4, seed=9, logprobs=0,
+                                    **kw)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    for p, prompt in enumerate(["the company", "shares"]):
+        candidates = [lm.generate(prompt, SamplingParams(seed=9 + j, **kw)) for j in range(4)]
+        best = sorted(candidates, key=lambda c: -sum(c.logprobs))[:2]
+        got = out.choices[2 * p: 2 * p + 2]
+        assert [c.logprobs.tokens for c in got] == [b.tokens for b in best]
+        assert sum(got[0].logprobs.token_logprobs) >= sum(got[1].logprobs.token_logprobs)
+    assert out.usage.completion_tokens == 2 * 4 * 6
+    same = client.completions.create(model=NAME, prompt="the company", n=3, best_of=3, seed=9, logprobs=0, **kw)
+    assert [c.logprobs.tokens for c in same.choices] == [
+        lm.generate("the company", SamplingParams(seed=9 + j, **kw)).tokens for j in range(3)]  # n's own order
+
+
 def test_presence_and_frequency_penalties_reach_the_engine(client, lm):
     kw = dict(max_tokens=10, temperature=0.8, seed=3, presence_penalty=1.5, frequency_penalty=0.5)
     out = client.completions.create(model=NAME, prompt="the company", logprobs=1, **kw)
@@ -202,7 +221,8 @@ def test_tokenize_detokenize_round_trip(http, lm):
     ({"prompt": []}, 400, "prompt"),
     ({"prompt": "the", "n": 10_000}, 400, "n"),
     ({"prompt": "the", "max_tokens": 10**9}, 400, "max_tokens"),
-    ({"prompt": "the", "best_of": 3}, 400, "best_of"),
+    ({"prompt": "the", "best_of": 3, "n": 4}, 400, "best_of"),
+    ({"prompt": "the", "best_of": 3, "stream": True}, 400, "best_of"),
     ({"prompt": "the", "presence_penalty": 2.5}, 422, None),
     ({"prompt": "the", "temperature": "hot"}, 422, None),
     ({"prompt": "the", "bogus": 1}, 422, None),
