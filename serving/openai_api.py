@@ -112,6 +112,7 @@ def sampling(req: CompletionRequest, cfg, choice: int) -> SamplingParams:
     seed = None if req.seed is None else (req.seed + choice) % 2**64
     max_tokens = cfg.max_new_tokens if req.max_tokens is None else req.max_tokens
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                          min_p=req.min_p, min_tokens=req.min_tokens,
                           repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
                           frequency_penalty=req.frequency_penalty, seed=seed, stop=stop,
                           stop_at_eos=not req.ignore_eos, logprobs=req.logprobs or 0,
@@ -125,6 +126,8 @@ def check(req: CompletionRequest, request: Request) -> None:
     rules = [(req.max_tokens is None or req.max_tokens <= cfg.max_new_tokens, "max_tokens",
               f"max_tokens must be at most {cfg.max_new_tokens} (the server's limit)"),
              (req.n <= cfg.max_n, "n", f"n must be at most {cfg.max_n}"),
+             (req.min_tokens <= (cfg.max_new_tokens if req.max_tokens is None else req.max_tokens), "min_tokens",
+              "min_tokens must be at most max_tokens"),
              (req.best_of is None or req.n <= req.best_of <= cfg.max_n, "best_of",
               f"best_of must be at least n and at most {cfg.max_n}"),
              (not req.stream or req.best_of in (None, req.n), "best_of",

@@ -38,6 +38,10 @@ class CompletionRequest(_Request):
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, le=2**31 - 1, description="vLLM extra: keep the k most likely (0 = all)")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="vLLM extra: drop tokens less likely than min_p times "
+                         "the most likely one")
+    min_tokens: int = Field(0, ge=0, le=2**31 - 1, description="vLLM extra: no <eos> (unless ignore_eos) or "
+                            "stop_token_ids before this many tokens")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="vLLM extra")
     n: int = Field(1, ge=1, le=2**31 - 1, description="Choices per prompt (at most the server's max_n)")
     best_of: int | None = Field(None, ge=1, le=2**31 - 1, description="Candidates per prompt (n..the server's "

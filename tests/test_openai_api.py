@@ -110,6 +110,15 @@ def test_best_of_returns_the_n_most_likely_candidates(client, lm):
         lm.generate("the company", SamplingParams(seed=9 + j, **kw)).tokens for j in range(3)]  # n's own order
 
 
+def test_vllm_extras_min_p_and_min_tokens_reach_the_engine(client, lm):
+    kw = dict(max_tokens=8, temperature=1.0, seed=4)
+    extra = dict(min_p=0.2, min_tokens=3, ignore_eos=False, stop_token_ids=[5])
+    out = client.completions.create(model=NAME, prompt="the company", logprobs=0, extra_body=extra, **kw)
+    ref = lm.generate("the company", SamplingParams(min_p=0.2, min_tokens=3, stop_at_eos=True, stop_token_ids=(5,),
+                                                    **kw))
+    assert out.choices[0].logprobs.tokens == ref.tokens
+
+
 def test_presence_and_frequency_penalties_reach_the_engine(client, lm):
     kw = dict(max_tokens=10, temperature=0.8, seed=3, presence_penalty=1.5, frequency_penalty=0.5)
     out = client.completions.create(model=NAME, prompt="the company", logprobs=1, **kw)
@@ -223,6 +232,8 @@ def test_tokenize_detokenize_round_trip(http, lm):
     ({"prompt": "the", "max_tokens": 10**9}, 400, "max_tokens"),
     ({"prompt": "the", "best_of": 3, "n": 4}, 400, "best_of"),
     ({"prompt": "the", "best_of": 3, "stream": True}, 400, "best_of"),
+    ({"prompt": "the", "max_tokens": 2, "min_tokens": 3}, 400, "min_tokens"),
+    ({"prompt": "the", "min_p": 1.5}, 422, None),
     ({"prompt": "the", "presence_penalty": 2.5}, 422, None),
     ({"prompt": "the", "temperature": "hot"}, 422, None),
     ({"prompt": "the", "bogus": 1}, 422, None),

@@ -373,3 +373,20 @@ def test_parameter_shapes_are_the_modules(arch, tie):
 
     cfg = ModelConfig(arch=arch, vocab_size=30, emb=6, hidden=9, layers=3, tie_weights=tie)
     assert cfg.parameter_shapes() == {n: tuple(p.shape) for n, p in RNNLM(cfg).named_parameters()}
+
+
+def test_min_tokens_bans_the_stop_tokens_until_then(exports):
+    """min_tokens: <eos> (with stop_at_eos) and stop_token_ids cannot be drawn before it, whatever their
+    probability (a +100 bias here); afterwards they stop the sequence; reported log-probabilities are the
+    model's."""
+    lm = SparseLM.load(exports("lstm", 0.33))
+    eos = lm.vocab.eos_id
+    stop = SamplingParams(max_tokens=10, min_tokens=4, stop_at_eos=True, stop_token_ids=(6,), seed=0,
+                          logit_bias={eos: 100, 6: 100})
+    got = lm.generate([0, 3], stop)
+    assert len(got.token_ids) == 5 and got.token_ids[-1] in (eos, 6) and got.finish_reason == "stop"
+    assert not {eos, 6} & set(got.token_ids[:4])
+    logp, state = lm.forward(torch.tensor([[0], [3]]))
+    assert got.logprobs[0] == pytest.approx(logp[-1, 0, got.token_ids[0]].item(), abs=1e-6)
+    with pytest.raises(UserError):
+        SamplingParams(max_tokens=3, min_tokens=4)

@@ -168,3 +168,19 @@ def test_a_wide_nucleus_grows_past_the_first_candidates():
     keep = expected > 0
     _, pvalue = chisquare(counts[keep].numpy(), (expected[keep] * n).numpy())
     assert pvalue > 1e-3
+
+
+def test_min_p_keeps_the_tokens_within_a_factor_of_the_most_likely():
+    probs = LOGP.exp()
+    for min_p in (0.05, 0.3, 0.9):
+        assert kept(SamplingParams(min_p=min_p)) == {i for i in range(V) if probs[i] >= min_p * probs[0]}, min_p
+    hot = SamplingParams(min_p=0.3, temperature=2.0)  # after temperature, as vLLM: a flatter ratio keeps more
+    flat = torch.softmax(LOGP / 2.0, -1)
+    assert kept(hot) == {i for i in range(V) if flat[i] >= 0.3 * flat[0]}
+    assert len(kept(hot)) > len(kept(SamplingParams(min_p=0.3)))
+
+
+@pytest.mark.parametrize("params", [SamplingParams(min_p=0.1), SamplingParams(min_p=0.2, top_k=3),
+                                    SamplingParams(min_p=0.05, top_p=0.7, temperature=1.3)])
+def test_min_p_draws_follow_the_filtered_distribution(params):
+    test_sampled_distribution_matches_the_filtered_one(params)

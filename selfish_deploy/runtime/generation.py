@@ -187,7 +187,15 @@ class BatchGenerator:
             V = self.logp.shape[1]
             counts = torch.stack([s.counts if s.counts is not None else torch.zeros(V)
                                   for s in self.seqs]).to(self.logp.device)
-        tokens = sample(self.logp, params, [s.generator for s in self.seqs], seen, counts)
+        logp = self.logp
+        eos = self.lm.vocab.eos_id
+        bans = [(r, t) for r, s in enumerate(self.seqs) if len(s.token_ids) < s.params.min_tokens
+                for t in ((eos,) if s.params.stop_at_eos else ()) + s.params.stop_token_ids]
+        if bans:  # min_tokens: no stop token yet (the log-probabilities reported stay the model's)
+            rows, cols = zip(*bans)
+            at = (torch.tensor(rows, device=logp.device), torch.tensor(cols, device=logp.device))
+            logp = logp.index_put(at, torch.tensor(float("-inf"), device=logp.device))
+        tokens = sample(logp, params, [s.generator for s in self.seqs], seen, counts)
         chosen = self.logp.gather(1, tokens.view(-1, 1)).view(-1).tolist()
         k = max(p.logprobs for p in params)
         tops = None

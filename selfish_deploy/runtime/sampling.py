@@ -5,7 +5,8 @@ searchsorted); the only per-row work is drawing one uniform number from the row'
 sequence's samples depend on its seed alone, not on which other sequences share the batch.
 
 Filters, in vLLM's order: logit bias, repetition penalty (prompt and output tokens), frequency and presence
-penalties (output tokens), temperature, top-k, top-p, then one draw (inverse CDF). The log-probabilities reported for the chosen tokens are the model's own, before any filter (vLLM's
+penalties (output tokens), temperature, min-p, top-k, top-p, then one draw (inverse CDF). (``min_tokens`` is
+the batch generator's: it bans the stop tokens until then.) The log-probabilities reported for the chosen tokens are the model's own, before any filter (vLLM's
 default ``raw_logprobs``).
 """
 
@@ -28,6 +29,8 @@ class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # keep the k most likely tokens; 0 = all
     top_p: float = 1.0  # keep the smallest set of most likely tokens whose probability reaches top_p
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one (vLLM's)
+    min_tokens: int = 0  # no <eos> (with stop_at_eos) or stop_token_ids before this many tokens (vLLM's)
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the output (CTRL's rule)
     presence_penalty: float = 0.0  # subtracted from the logit of every token already generated (OpenAI's)
     frequency_penalty: float = 0.0  # subtracted once per time a token was generated (OpenAI's)
@@ -44,6 +47,8 @@ class SamplingParams:
                   (0.0 <= self.temperature, "temperature must be >= 0"),
                   (self.top_k >= 0, "top_k must be >= 0"),
                   (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+                  (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+                  (0 <= self.min_tokens <= self.max_tokens, "min_tokens must be in [0, max_tokens]"),
                   (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
                   (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
                   (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
@@ -112,7 +117,7 @@ def filtered_logits(logp: torch.Tensor, params: Sequence[SamplingParams], seen: 
     dev = logp.device
     logits = penalized(logp, params, seen, counts)
     temp = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=dev).view(B, 1)
-    logits = logits / temp
+    logits = _min_p(logits / temp, params)
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     rank = torch.arange(V, device=dev).view(1, V)
     k = torch.tensor([p.top_k if 0 < p.top_k < V else V for p in params], device=dev).view(B, 1)
@@ -123,6 +128,15 @@ def filtered_logits(logp: torch.Tensor, params: Sequence[SamplingParams], seen: 
         before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above
         sorted_logits = sorted_logits.masked_fill((before >= top_p) & (rank > 0), float("-inf"))
     return sorted_logits, order
+
+
+def _min_p(x: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Rows' logits ``x`` (after temperature) with every token below ``min_p`` times the row's most likely
+    one's probability at -inf (exp(x - max) < min_p, the softmax's own ratio)."""
+    if not any(p.min_p > 0 for p in params):
+        return x
+    min_p = torch.tensor([p.min_p for p in params], device=x.device).view(-1, 1)
+    return x.masked_fill(torch.exp(x - x.max(dim=-1, keepdim=True).values) < min_p, float("-inf"))
 
 
 def _uniforms(generators: Sequence[torch.Generator], device) -> torch.Tensor:
@@ -193,7 +207,7 @@ def sample(logp: torch.Tensor, params: Sequence[SamplingParams], generators: Seq
             tokens[idx] = x.argmax(dim=-1)
             continue
         group = [params[i] for i in rows]
-        x = x / torch.tensor([p.temperature for p in group], device=dev).view(-1, 1)
+        x = _min_p(x / torch.tensor([p.temperature for p in group], device=dev).view(-1, 1), group)
         u = _uniforms([generators[i] for i in rows], dev)
         if kind == "plain":
             tokens[idx] = _draw(torch.softmax(x, dim=-1), u).view(-1)
