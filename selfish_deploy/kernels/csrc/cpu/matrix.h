@@ -305,8 +305,9 @@ static inline void rows8_cols(const Csr<I, V>& W, int64_t r0, const float* X, in
     const int64_t b = W.sell_ptr[sl], len = (W.sell_ptr[sl + 1] - b) / 8;
     const I* c = W.sell_col + b;
     const V* v = W.sell_val + b;
-    for (int q = 0; q < NC; ++q) acc[q] = vf8{};
 #if SD_AVX2
+    __m256 a[NC];  // in registers: through acc, every step would be stored (acc may alias X for the compiler)
+    for (int q = 0; q < NC; ++q) a[q] = _mm256_setzero_ps();
     for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
         const __m256 w = load8_values(v);
         int64_t o[8];
@@ -315,10 +316,12 @@ static inline void rows8_cols(const Csr<I, V>& W, int64_t r0, const float* X, in
         for (int k = 0; k < 8; ++k) p[k] = X + o[k];
         for (int q = 0; q < NC; ++q) {
             const __m256 x = _mm256_set_ps(p[7][q], p[6][q], p[5][q], p[4][q], p[3][q], p[2][q], p[1][q], p[0][q]);
-            acc[q] = (vf8)_mm256_fmadd_ps(w, x, (__m256)acc[q]);
+            a[q] = _mm256_fmadd_ps(w, x, a[q]);
         }
     }
+    for (int q = 0; q < NC; ++q) acc[q] = (vf8)a[q];
 #else
+    for (int q = 0; q < NC; ++q) acc[q] = vf8{};
     for (int64_t i = 0; i < len; ++i, c += 8, v += 8)
         for (int q = 0; q < NC; ++q)
             for (int k = 0; k < 8; ++k) acc[q][k] = fmadd(load_value(v, k), X[(int64_t)c[k] * ldx + q], acc[q][k]);
