@@ -11,7 +11,7 @@ The baseline is one of:
 Cases: one batch-1 product of the last layer's W_hh (stacked trunks: the unit every batch-1 recurrence and step
 repeats), the trunk over a 2,000-token text at batch 1 (the recurrences and the input products), scoring that
 text (the decoder too), and a generation step. Prints the best time of each and old / new (> 1: new is
-faster), and checks that both give the same bits. Not a test; stop background jobs first. Example::
+faster), the median and range of the rounds' own old / new ratios, and checks that both give the same bits. Not a test; stop background jobs first. Example::
 
     cp selfish_deploy/kernels/_cpu*.so /tmp/old.so   # before the change; rebuild after it
     python benchmarks/kernels_ab.py /tmp/selfish-inference-bench/reference-0.1 --baseline-library /tmp/old.so
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 from collections.abc import Iterator
 
@@ -111,7 +112,10 @@ def main() -> None:
         if not times["new"][case]:
             continue
         new, old = (min(times[n][case]) for n in ("new", "old"))
-        print(f"{case:7s}: new {new:8.3f} ms   old {old:8.3f} ms   old / new {old / new:.2f}")
+        # each round's pair ran back to back: their ratio cancels the VM's slower drifts, which min() does not
+        pairs = sorted(o / n for o, n in zip(times["old"][case], times["new"][case]))
+        print(f"{case:7s}: new {new:8.3f} ms   old {old:8.3f} ms   old / new {old / new:.2f} (best of each); "
+              f"per round {statistics.median(pairs):.2f} median, {pairs[0]:.2f}-{pairs[-1]:.2f}")
     probes.append(speed_probe())
     print(probe_line(probes))
     same = all(torch.equal(a, b) for a, b in zip(*outputs.values()))
