@@ -63,7 +63,8 @@ def probe_line(probes: list[dict[int, float]]) -> str:
     """The probes of a run as one sentence for RESULTS.md."""
     parts = [f"{t} thread{'s' if t > 1 else ''} {min(p[t] for p in probes):.1f}-{max(p[t] for p in probes):.1f}"
              for t in probes[0]]
-    return f"VM speed probe (`common.speed_probe`, dense GEMM, G multiply-adds/s, {len(probes)} probes): {', '.join(parts)}."
+    return (f"VM speed probe (`common.speed_probe`, dense GEMM, G multiply-adds/s, {len(probes)} probes): "
+            f"{', '.join(parts)}.")
 
 
 def replace_section(results: Path, heading: str, text: str) -> None:

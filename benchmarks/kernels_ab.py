@@ -11,7 +11,8 @@ The baseline is one of:
 Cases: one batch-1 product of the last layer's W_hh (stacked trunks: the unit every batch-1 recurrence and step
 repeats), the trunk over a 2,000-token text at batch 1 (the recurrences and the input products), scoring that
 text (the decoder too), and a generation step. Prints the best time of each and old / new (> 1: new is
-faster), the median and range of the rounds' own old / new ratios, and checks that both give the same bits. Not a test; stop background jobs first. Example::
+faster), the median and range of the rounds' own old / new ratios, and checks that both give the same bits.
+Not a test; stop background jobs first. Example::
 
     cp selfish_deploy/kernels/_cpu*.so /tmp/old.so   # before the change; rebuild after it
     python benchmarks/kernels_ab.py /tmp/selfish-inference-bench/reference-0.1 --baseline-library /tmp/old.so

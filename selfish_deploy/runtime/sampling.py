@@ -5,9 +5,9 @@ searchsorted); the only per-row work is drawing one uniform number from the row'
 sequence's samples depend on its seed alone, not on which other sequences share the batch.
 
 Filters, in vLLM's order: logit bias, repetition penalty (prompt and output tokens), frequency and presence
-penalties (output tokens), temperature, min-p, top-k, top-p, then one draw (inverse CDF). (``min_tokens`` is
-the batch generator's: it bans the stop tokens until then.) The log-probabilities reported for the chosen tokens are the model's own, before any filter (vLLM's
-default ``raw_logprobs``).
+penalties (output tokens), temperature, min-p, top-k, top-p, then one draw (inverse CDF). ``min_tokens`` is
+the batch generator's: it bans the stop tokens until then. The log-probabilities reported for the chosen
+tokens are the model's own, before any filter (vLLM's default ``raw_logprobs``).
 """
 
 from __future__ import annotations
@@ -111,8 +111,9 @@ def penalized(logp: torch.Tensor, params: Sequence[SamplingParams], seen: torch.
 
 def filtered_logits(logp: torch.Tensor, params: Sequence[SamplingParams], seen: torch.Tensor | None = None,
                     counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference filter (a full sort; tests compare ``sample`` with it): logits after penalty, temperature,
-    top-k and top-p, sorted descending per row, with the token id of each sorted position; filtered: -inf."""
+    """The reference filter (a full sort; tests compare ``sample`` with it): logits after the bias and the
+    penalties, temperature, min-p, top-k and top-p, sorted descending per row, with the token id of each sorted
+    position; filtered: -inf."""
     B, V = logp.shape
     dev = logp.device
     logits = penalized(logp, params, seen, counts)
