@@ -183,7 +183,11 @@ class Trainer:
             if not resume:
                 clear_run(self.out)  # what an --overwrite replaces goes first, its checkpoint above all
             self.out.mkdir(parents=True, exist_ok=True)
-        self.partial = self._restore() if resume else self._start(corpus)
+        if resume:
+            self.partial = self._restore()  # the epoch in progress when written inside one, else None
+        else:
+            self._start(corpus)
+            self.partial = None
         log.info("config: %s", json.dumps(cfg.to_dict()))
         log.info("model: %s, %d non-zero weights in its matrices (density %.4f); %d process(es)", self.model_cfg,
                  sum(self.masks.target_nnz.values()), self.masks.total_density(), world.size)
@@ -207,14 +211,13 @@ class Trainer:
         self.last_save, self.every_s = time.monotonic(), 60.0 * (cfg.checkpoint_minutes or math.inf)
 
     def _start(self, corpus) -> None:
-        """A new run: its vocabulary and the metrics log's first record. No epoch in progress."""
+        """A new run: its vocabulary and the metrics log's first record."""
         self.metrics = MetricsLog(self.out / "metrics.jsonl", write=self.main)
         if self.main:
             corpus.vocab.save(self.out / "vocab.txt")
         self.metrics.write({"event": "start", "epoch": 0, "step": 0, "world_size": self.world.size,
                             "density": {n: self.masks.density(n) for n in self.masks},
                             "gates": gate_report(self.masks)})
-        return None
 
     def _restore(self) -> dict | None:
         """Everything from the checkpoint; returns the epoch in progress (``partial``) when it was written inside
