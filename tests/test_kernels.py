@@ -573,6 +573,26 @@ def test_missing_library_warns_once_and_falls_back(monkeypatch):
         loader.load.cache_clear()
 
 
+@needs_compiled
+def test_a_library_of_another_abi_is_refused_with_a_warning_and_the_fallback(monkeypatch):
+    """open_library checks the ABI version (a stale build after a struct change must not be called);
+    load() turns that into one warning and the reference kernels."""
+    from selfish_deploy.kernels import loader
+
+    monkeypatch.setattr(loader, "ABI_VERSION", loader.ABI_VERSION + 1)
+    with pytest.raises(OSError, match="ABI version"):
+        loader.open_library(loader.library_path())
+    monkeypatch.delenv("SELFISH_KERNELS", raising=False)
+    loader.load.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert kernels_for("cpu").name == "reference"
+        assert any("unusable" in str(w.message) and "ABI version" in str(w.message) for w in caught)
+    finally:
+        loader.load.cache_clear()
+
+
 def test_report_command():
     out = subprocess.run([sys.executable, "-m", "selfish_deploy.kernels"], capture_output=True, text=True, check=True)
     assert "compiled_cpu" in out.stdout and "ops" in out.stdout
