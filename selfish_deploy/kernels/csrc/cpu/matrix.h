@@ -192,7 +192,8 @@ static inline __m256 load8_values(const bf16* v) {
 
 // A slice entry's 8 column indices times ldx (offsets into X), from 64-bit loads split by shifts: 2 loads for
 // uint16 indices (4 for int32) instead of 8. The batch-1 loop is bound by its loads (8 of X per entry as well),
-// and the shifts run on the integer units beside them: 1.23x the non-zeros per cycle (uint16, Zen 3, one core).
+// and the shifts run on the integer units beside them: the loop alone 1.23-1.27x the non-zeros per cycle
+// (uint16, Zen 3, one core; benchmarks/microkernels.py).
 static inline void offsets8(const uint16_t* c, int64_t ldx, int64_t* o) {
     uint64_t a, b;
     std::memcpy(&a, c, 8);
@@ -283,7 +284,8 @@ static inline int64_t rows_b1(const Csr<I, V>& W, int64_t p, int64_t end, const 
 }
 
 // Batch 1 over positions [p0, p1) (p0 a multiple of 8 within its block): f(row, sum) for each, the row's sum of
-// W times one column of X, through the SELL or the dense copy, a slice or a group at a time.
+// W times one column of X, through the SELL or the dense copy, a slice or a group at a time. (A Dense matrix
+// has its own, below.)
 template <class I, class V, class F>
 static inline void each_row_b1(const Csr<I, V>& W, int64_t p0, int64_t p1, const float* X, int64_t ldx, F&& f) {
     float d[DENSE_GROUP];
@@ -446,6 +448,21 @@ static inline vf8 dense_rows8(const float* w, int64_t ld, int64_t n, const float
     vf8 s = lane_sums8(acc);
     for (int l = nr; l < 8; ++l) s[l] = 0.f;
     return s;
+}
+
+// each_row_b1 for a matrix the export kept dense: rows in order, eight at a time through dense_rows8 when X's
+// column is contiguous (ldx 1), else one dot1 per row.
+template <class F>
+static inline void each_row_b1(const Dense& W, int64_t p0, int64_t p1, const float* X, int64_t ldx, F&& f) {
+    if (ldx != 1) {
+        for (int64_t p = p0; p < p1; ++p) f(p, dot1(W.row(p), X, ldx));
+        return;
+    }
+    for (int64_t p = p0; p < p1; p += 8) {
+        const int nr = (int)std::min<int64_t>(8, p1 - p);
+        const vf8 d = dense_rows8(W.w + p * W.cols, W.cols, W.cols, X, nr);
+        for (int k = 0; k < nr; ++k) f(p + k, d[k]);
+    }
 }
 
 // dot_cols of two rows at once: 32-column blocks through dot_block2, the rest row by row.
