@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 typedef uint16_t I;
 struct Sell { std::vector<int64_t> ptr; std::vector<I> col; std::vector<float> val; int64_t rows; };
 Sell make(int64_t rows, int64_t cols, double d, unsigned seed) {
@@ -25,77 +26,51 @@ Sell make(int64_t rows, int64_t cols, double d, unsigned seed) {
   }
   return s;
 }
-__attribute__((noinline)) void vA(const Sell& W, const float* X, int64_t ldx, float* out) {
+using One = std::integral_constant<int64_t, 1>;  // a stride known at compile time
+
+// The slice loop, once: `gather(c)` builds x's 8 lanes for a slice entry's column indices c.
+template <class Gather>
+__attribute__((noinline)) void product(const Sell& W, float* out, Gather gather) {
   for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
     int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
-      __m256 x = _mm256_set_ps(X[c[7] * ldx], X[c[6] * ldx], X[c[5] * ldx], X[c[4] * ldx], X[c[3] * ldx], X[c[2] * ldx], X[c[1] * ldx], X[c[0] * ldx]);
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
-    }
+    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), gather(c), acc);
     _mm256_storeu_ps(out + sl * 8, acc);
   }
 }
-__attribute__((noinline)) void vB(const Sell& W, const float* X, float* out) {
-  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
-    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
-      __m256 x = _mm256_set_ps(X[c[7]], X[c[6]], X[c[5]], X[c[4]], X[c[3]], X[c[2]], X[c[1]], X[c[0]]);
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
-    }
-    _mm256_storeu_ps(out + sl * 8, acc);
-  }
+// the ways of gathering: 8 scalar 16-bit index loads (the kernels' loop before), 2 64-bit loads split by shifts
+// (offsets8, now), vgatherdps
+template <class L>
+static inline __m256 eight_loads(const float* X, const I* c, L ldx) {
+  return _mm256_set_ps(X[c[7] * ldx], X[c[6] * ldx], X[c[5] * ldx], X[c[4] * ldx], X[c[3] * ldx], X[c[2] * ldx],
+                       X[c[1] * ldx], X[c[0] * ldx]);
 }
-__attribute__((noinline)) void vC(const Sell& W, const float* X, float* out) {
-  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
-    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
-      uint64_t a, q; memcpy(&a, c, 8); memcpy(&q, c + 4, 8);
-      __m128 lo = _mm_set_ps(X[a >> 48], X[(a >> 32) & 0xffff], X[(a >> 16) & 0xffff], X[a & 0xffff]);
-      __m128 hi = _mm_set_ps(X[q >> 48], X[(q >> 32) & 0xffff], X[(q >> 16) & 0xffff], X[q & 0xffff]);
-      __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
-    }
-    _mm256_storeu_ps(out + sl * 8, acc);
-  }
+template <class L>
+static inline __m256 two_u64_loads(const float* X, const I* c, L ldx) {
+  uint64_t a, q; memcpy(&a, c, 8); memcpy(&q, c + 4, 8);
+  __m128 lo = _mm_set_ps(X[(a >> 48) * ldx], X[((a >> 32) & 0xffff) * ldx], X[((a >> 16) & 0xffff) * ldx], X[(a & 0xffff) * ldx]);
+  __m128 hi = _mm_set_ps(X[(q >> 48) * ldx], X[((q >> 32) & 0xffff) * ldx], X[((q >> 16) & 0xffff) * ldx], X[(q & 0xffff) * ldx]);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
-__attribute__((noinline)) void vF(const Sell& W, const float* X, int64_t ldx, float* out) {
-  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
-    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
-      uint64_t a, q; memcpy(&a, c, 8); memcpy(&q, c + 4, 8);
-      __m128 lo = _mm_set_ps(X[(a >> 48) * ldx], X[((a >> 32) & 0xffff) * ldx], X[((a >> 16) & 0xffff) * ldx], X[(a & 0xffff) * ldx]);
-      __m128 hi = _mm_set_ps(X[(q >> 48) * ldx], X[((q >> 32) & 0xffff) * ldx], X[((q >> 16) & 0xffff) * ldx], X[(q & 0xffff) * ldx]);
-      __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
-    }
-    _mm256_storeu_ps(out + sl * 8, acc);
-  }
-}
-__attribute__((noinline)) void vD(const Sell& W, const float* X, float* out) {
-  for (int64_t sl = 0; sl * 8 < W.rows; ++sl) {
-    int64_t b = W.ptr[sl], len = (W.ptr[sl + 1] - b) / 8; const I* c = W.col.data() + b; const float* v = W.val.data() + b;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
-      __m256i idx = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)c));
-      __m256 x = _mm256_i32gather_ps(X, idx, 4);
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, acc);
-    }
-    _mm256_storeu_ps(out + sl * 8, acc);
-  }
+static inline __m256 vgather(const float* X, const I* c) {
+  return _mm256_i32gather_ps(X, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)c)), 4);
 }
 int main(int argc, char** argv) {
   double d = argc > 1 ? atof(argv[1]) : 0.1, ghz = (argc > 2 ? atof(argv[2]) : 2.445) * 1e9;
   Sell W = make(2600, 650, d, 1);
-  std::vector<float> X(650), o(2600), o2(2600);
+  std::vector<float> X(650);
   for (auto& x : X) x = (rand() % 100) * 0.01f;
   int64_t nnz = W.col.size();
-  auto t = [&](auto f) { double best = 1e9; for (int r = 0; r < 7; ++r) { auto a = std::chrono::steady_clock::now(); for (int k = 0; k < 200; ++k) f(); auto b = std::chrono::steady_clock::now(); best = std::min(best, std::chrono::duration<double>(b - a).count() / 200); } return best; };
-  volatile int64_t ldx = 1;
-  std::vector<std::function<void()>> fs = {[&] { vA(W, X.data(), ldx, o.data()); }, [&] { vB(W, X.data(), o2.data()); }, [&] { vC(W, X.data(), o2.data()); }, [&] { vD(W, X.data(), o2.data()); }, [&] { vF(W, X.data(), ldx, o2.data()); }};
+  volatile int64_t runtime_ldx = 1;
+  const int64_t ldx = runtime_ldx;  // 1, but not known to the compiler (the kernels' rows8 takes it at run time)
+  const float* x = X.data();
+  std::vector<std::vector<float>> outs(5, std::vector<float>(2600));
+  std::vector<std::function<void()>> fs = {
+      [&] { product(W, outs[0].data(), [=](const I* c) { return eight_loads(x, c, ldx); }); },
+      [&] { product(W, outs[1].data(), [=](const I* c) { return eight_loads(x, c, One{}); }); },
+      [&] { product(W, outs[2].data(), [=](const I* c) { return two_u64_loads(x, c, One{}); }); },
+      [&] { product(W, outs[3].data(), [=](const I* c) { return vgather(x, c); }); },
+      [&] { product(W, outs[4].data(), [=](const I* c) { return two_u64_loads(x, c, ldx); }); }};
   const char* names[] = {"8 loads of 16-bit indices (x ldx)", "the same, ldx = 1", "two 64-bit loads, ldx = 1", "vgatherdps", "two 64-bit loads (x ldx; the kernels' rows8)"};
   std::vector<double> best(fs.size(), 1e9);
   // alternating, best of 40 rounds of 50 calls
@@ -103,6 +78,8 @@ int main(int argc, char** argv) {
     auto a = std::chrono::steady_clock::now(); for (int n = 0; n < 50; ++n) fs[k](); auto b = std::chrono::steady_clock::now();
     best[k] = std::min(best[k], std::chrono::duration<double>(b - a).count() / 50);
   }
+  for (size_t k = 1; k < outs.size(); ++k)  // the same sums in the same order: the same bits
+    if (outs[k] != outs[0]) printf("%s: a different result\n", names[k]);
   printf("density %.2f, %ld entries (SELL-8, unsorted: padding included), non-zeros per cycle at %.3f GHz, 1 thread:\n", d, nnz, ghz / 1e9);
   for (size_t k = 0; k < fs.size(); ++k) printf("  %-48s %.2f\n", names[k], nnz / best[k] / ghz);
 }
