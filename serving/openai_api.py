@@ -123,6 +123,7 @@ def sampling(req: CompletionRequest, cfg, choice: int) -> SamplingParams:
 def check(req: CompletionRequest, request: Request) -> None:
     cfg = request.app.state.config
     check_model(request, req.model)
+    vocab = len(calls.engine(request).vocab) if req.logit_bias else 0
     rules = [(req.max_tokens is None or req.max_tokens <= cfg.max_new_tokens, "max_tokens",
               f"max_tokens must be at most {cfg.max_new_tokens} (the server's limit)"),
              (req.n <= cfg.max_n, "n", f"n must be at most {cfg.max_n}"),
@@ -134,7 +135,7 @@ def check(req: CompletionRequest, request: Request) -> None:
               "best_of other than n cannot be streamed (the best are known at the end)"),
              (req.logprobs is None or req.logprobs <= cfg.max_logprobs, "logprobs",
               f"logprobs must be at most {cfg.max_logprobs}"),
-             (all(int(k) < len(calls.engine(request).vocab) for k in req.logit_bias or {}), "logit_bias",
+             (all(int(k) < vocab for k in req.logit_bias or {}), "logit_bias",
               "logit_bias token ids must be in the vocabulary (GET /tokenizer_info: vocab_size)"),
              (req.suffix is None, "suffix", "suffix is not supported")]
     for ok, param, message in rules:

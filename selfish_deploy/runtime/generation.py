@@ -177,16 +177,7 @@ class BatchGenerator:
         if not self.seqs:
             return []
         params = [s.params for s in self.seqs]
-        seen = None
-        if any(s.seen is not None for s in self.seqs):
-            V = self.logp.shape[1]
-            seen = torch.stack([s.seen if s.seen is not None else torch.zeros(V, dtype=torch.bool)
-                                for s in self.seqs]).to(self.logp.device)
-        counts = None
-        if any(s.counts is not None for s in self.seqs):
-            V = self.logp.shape[1]
-            counts = torch.stack([s.counts if s.counts is not None else torch.zeros(V)
-                                  for s in self.seqs]).to(self.logp.device)
+        seen, counts = self._rows("seen", torch.bool), self._rows("counts", torch.float32)
         logp = self.logp
         eos = self.lm.vocab.eos_id
         bans = [(r, t) for r, s in enumerate(self.seqs) if len(s.token_ids) < s.params.min_tokens
@@ -218,6 +209,15 @@ class BatchGenerator:
             logp, self.state = self.lm.forward(tokens.view(1, -1).cpu(), self.state)
             self.logp = logp[0].float()
         return events
+
+    def _rows(self, name: str, dtype: torch.dtype) -> torch.Tensor | None:
+        """The sequences' (V,) ``name`` tensors (``seen``, ``counts``) as one (B, V) batch, zeros for those
+        without one; None when none has one."""
+        if all(getattr(s, name) is None for s in self.seqs):
+            return None
+        V = self.logp.shape[1]
+        return torch.stack([t if (t := getattr(s, name)) is not None else torch.zeros(V, dtype=dtype)
+                            for s in self.seqs]).to(self.logp.device)
 
     def _advance(self, seq: Sequence, tok: int, lp: float, top) -> TokenEvent:
         p = seq.params
