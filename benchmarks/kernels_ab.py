@@ -89,7 +89,6 @@ def main() -> None:
         engines[name] = (threshold, lm, lm.forward(tok, None)[1])
     probes = [speed_probe()]
     times = {name: {case: [] for case in CASES} for name in engines}
-    outputs = {}
     for i in range(args.rounds):
         for name in ("new", "old") if i % 2 == 0 else ("old", "new"):  # ABBA: neither always goes first
             threshold, lm, state = engines[name]
@@ -107,8 +106,12 @@ def main() -> None:
                 box[0] = lm.forward(tok, box[0])[1]
 
             times[name]["step"].append(mean_ms(step, 200))
-            outputs[name] = (be.trunk(text[:300], zero)[0], lm.forward(text[:300], zero)[0],
-                             lm.forward(tok, state)[0])
+    outputs = {}
+    for name, (threshold, lm, state) in engines.items():  # the same bits? once each, after the timing
+        compiled.DENSE_BATCH1 = threshold
+        zero = lm.init_state(1)
+        outputs[name] = (lm.backend.trunk(text[:300], zero)[0], lm.forward(text[:300], zero)[0],
+                         lm.forward(tok, state)[0])
     for case in CASES:
         if not times["new"][case]:
             continue
