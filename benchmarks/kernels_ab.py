@@ -9,8 +9,10 @@ The baseline is one of:
   (``kernels.compiled.DENSE_BATCH1``), so SELL-8 everywhere.
 
 Cases: one batch-1 product of the last layer's W_hh (stacked trunks: the unit every batch-1 recurrence and step
-repeats), the trunk over a 2,000-token text at batch 1 (the recurrences and the input products), scoring that
-text (the decoder too), and a generation step. Prints the best time of each and old / new (> 1: new is
+repeats), the last layer's recurrence over 64 steps of 32 columns (stacked trunks: the unit of batched
+scoring), the trunk over a 2,000-token text at batch 1 (the recurrences and the input products), scoring that
+text (the decoder too), scoring 32 texts x 64 tokens as one batch (``inference.py``'s third case), and a
+generation step. Prints the best time of each and old / new (> 1: new is
 faster), the median and range of the rounds' own old / new ratios, and checks that both give the same bits.
 Not a test; stop background jobs first. Example::
 
@@ -31,11 +33,12 @@ import torch
 from selfish_deploy import kernels
 from selfish_deploy.kernels import compiled, loader
 from selfish_deploy.runtime import SparseLM
+from selfish_deploy.runtime.stacked import StackedTrunk
 
 from common import probe_line, speed_probe
 
 DENSE_BATCH1 = compiled.DENSE_BATCH1
-CASES = ("product", "trunk", "score", "step")
+CASES = ("product", "recurrence", "trunk", "score", "batch", "step")
 
 
 def mean_ms(fn, calls: int) -> float:
@@ -77,6 +80,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2000, help="the scored text's length")
     args = ap.parse_args()
     text = torch.randint(0, 100, (args.tokens, 1), generator=torch.Generator().manual_seed(0))
+    batch = torch.randint(0, 100, (64, 32), generator=torch.Generator().manual_seed(2))  # (T, B)
     tok = torch.tensor([[5]])
     # name -> (the dense batch-1 threshold it runs with, the library it loads from)
     variants = {"new": (DENSE_BATCH1, None),
@@ -94,12 +98,20 @@ def main() -> None:
             threshold, lm, state = engines[name]
             compiled.DENSE_BATCH1 = threshold
             be, zero = lm.backend, lm.init_state(1)
-            if hasattr(be.trunk, "layers"):
+            if isinstance(be.trunk, StackedTrunk):  # the two cases of one matrix: stacked trunks only
                 w_hh = be.trunk.layers[-1][2]
                 x, y = torch.randn(w_hh.cols, 1, generator=torch.Generator().manual_seed(1)), torch.empty(w_hh.rows, 1)
                 times[name]["product"].append(mean_ms(lambda: be.kernels.spmm(w_hh, x, out=y), 200))
+                _, _, w, b = be.trunk.layers[-1]
+                T, B = batch.shape
+                g = torch.randn(w.rows, T * B, generator=torch.Generator().manual_seed(3))  # the input projections
+                h0, c0 = torch.zeros(w.cols, B), torch.zeros(w.cols, B) if be.trunk.cell == "lstm" else None
+                times[name]["recurrence"].append(mean_ms(lambda: be.kernels.recurrent(be.trunk.cell, w, b, g, T, B,
+                                                                                      h0, c0), 1))
             times[name]["trunk"].append(mean_ms(lambda: be.trunk(text, zero), 1))
             times[name]["score"].append(mean_ms(lambda: be.score(text, text, zero), 1))
+            zeros = lm.init_state(batch.shape[1])
+            times[name]["batch"].append(mean_ms(lambda: be.score(batch, batch, zeros), 1))
             box = [state]
 
             def step():
@@ -111,7 +123,7 @@ def main() -> None:
         compiled.DENSE_BATCH1 = threshold
         zero = lm.init_state(1)
         outputs[name] = (lm.backend.trunk(text[:300], zero)[0], lm.forward(text[:300], zero)[0],
-                         lm.forward(tok, state)[0])
+                         lm.forward(batch, lm.init_state(batch.shape[1]))[0], lm.forward(tok, state)[0])
     for case in CASES:
         if not times["new"][case]:
             continue
@@ -123,7 +135,7 @@ def main() -> None:
     probes.append(speed_probe())
     print(probe_line(probes))
     same = all(torch.equal(a, b) for a, b in zip(*outputs.values()))
-    print("same bits (trunk, log-probabilities of a text and of a step):", same)
+    print("same bits (trunk, log-probabilities of a text, of a batch and of a step):", same)
 
 
 if __name__ == "__main__":
