@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python -m selfish_deploy.serving.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto -m "not slow and not gpu"  # one worker per core (pytest-xdist)
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow and not gpu"  # a worker per core; idle ones take queued tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -98,16 +98,15 @@ def main() -> None:
             threshold, lm, state = engines[name]
             compiled.DENSE_BATCH1 = threshold
             be, zero = lm.backend, lm.init_state(1)
-            if isinstance(be.trunk, StackedTrunk):  # the two cases of one matrix: stacked trunks only
-                w_hh = be.trunk.layers[-1][2]
+            if isinstance(be.trunk, StackedTrunk):  # the cases of one matrix: stacked trunks only
+                _, _, w_hh, b_hh = be.trunk.layers[-1]
                 x, y = torch.randn(w_hh.cols, 1, generator=torch.Generator().manual_seed(1)), torch.empty(w_hh.rows, 1)
                 times[name]["product"].append(mean_ms(lambda: be.kernels.spmm(w_hh, x, out=y), 200))
-                _, _, w, b = be.trunk.layers[-1]
                 T, B = batch.shape
-                g = torch.randn(w.rows, T * B, generator=torch.Generator().manual_seed(3))  # the input projections
-                h0, c0 = torch.zeros(w.cols, B), torch.zeros(w.cols, B) if be.trunk.cell == "lstm" else None
-                times[name]["recurrence"].append(mean_ms(lambda: be.kernels.recurrent(be.trunk.cell, w, b, g, T, B,
-                                                                                      h0, c0), 1))
+                g = torch.randn(w_hh.rows, T * B, generator=torch.Generator().manual_seed(3))  # input projections
+                h0, c0 = torch.zeros(w_hh.cols, B), torch.zeros(w_hh.cols, B) if be.trunk.cell == "lstm" else None
+                times[name]["recurrence"].append(mean_ms(
+                    lambda: be.kernels.recurrent(be.trunk.cell, w_hh, b_hh, g, T, B, h0, c0), 1))
             times[name]["trunk"].append(mean_ms(lambda: be.trunk(text, zero), 1))
             times[name]["score"].append(mean_ms(lambda: be.score(text, text, zero), 1))
             zeros = lm.init_state(batch.shape[1])
