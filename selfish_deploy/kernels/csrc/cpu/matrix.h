@@ -296,12 +296,16 @@ static inline void each_row_b1(const Csr<I, V>& W, int64_t p0, int64_t p1, const
     }
 }
 
-// rows8 for NC (2..7) columns of X at once (columns q = 0..NC-1 at X + q): acc[q] lane k is row_at(r0 + k)'s sum
-// for column q, bit for bit rows8's (the same entries in the same order). The slice's indices and values are
-// read once for all NC columns: few columns (a small generation batch, MoS's experts at batch 1) cost less
-// than one pass per column, and less than a row-wise pass with NC masked lanes.
+// rows8 for NC (2..4) columns at once. X4 (cols, 4): the columns packed four to a row (pack4 below; lanes past
+// NC are read but not used), so that each entry's 8 rows of X are 8 loads of 16 bytes put into columns by a
+// 4 x 4 transpose in each half of a register, instead of 8 * NC scalar loads and inserts (2.0-2.2x at 3
+// columns, MoS's experts: benchmarks/kernels_ab.py). acc[q] lane k is row_at(r0 + k)'s sum for column q, bit
+// for bit rows8's (the same entries in the same order). The slice's indices and values are read once for all
+// NC columns: few columns (a small generation batch, MoS's experts at batch 1) cost less than one pass per
+// column, and less than a row-wise pass with NC masked lanes.
 template <int NC, class I, class V>
-static inline void rows8_cols(const Csr<I, V>& W, int64_t r0, const float* X, int64_t ldx, vf8* acc) {
+static inline void rows8_cols(const Csr<I, V>& W, int64_t r0, const float* X4, vf8* acc) {
+    static_assert(NC >= 2 && NC <= 4, "X4 holds four columns");
     int64_t in;
     const int64_t sl = piece_of(r0, W.sell_block, 8, &in);
     const int64_t b = W.sell_ptr[sl], len = (W.sell_ptr[sl + 1] - b) / 8;
@@ -313,21 +317,29 @@ static inline void rows8_cols(const Csr<I, V>& W, int64_t r0, const float* X, in
     for (int64_t i = 0; i < len; ++i, c += 8, v += 8) {
         const __m256 w = load8_values(v);
         int64_t o[8];
-        offsets8(c, ldx, o);
-        const float* p[8];
-        for (int k = 0; k < 8; ++k) p[k] = X + o[k];
-        for (int q = 0; q < NC; ++q) {
-            const __m256 x = _mm256_set_ps(p[7][q], p[6][q], p[5][q], p[4][q], p[3][q], p[2][q], p[1][q], p[0][q]);
-            a[q] = _mm256_fmadd_ps(w, x, a[q]);
-        }
+        offsets8(c, 4, o);
+        __m256 y[4];  // y[k]: row k of the slice in the low half, row k + 4 in the high half
+        for (int k = 0; k < 4; ++k)
+            y[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(X4 + o[k])), _mm_loadu_ps(X4 + o[k + 4]), 1);
+        const __m256 t0 = _mm256_unpacklo_ps(y[0], y[1]), t1 = _mm256_unpackhi_ps(y[0], y[1]);
+        const __m256 t2 = _mm256_unpacklo_ps(y[2], y[3]), t3 = _mm256_unpackhi_ps(y[2], y[3]);
+        const __m256 x[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};  // column q, lane k
+        for (int q = 0; q < NC; ++q) a[q] = _mm256_fmadd_ps(w, x[q], a[q]);
     }
     for (int q = 0; q < NC; ++q) acc[q] = (vf8)a[q];
 #else
     for (int q = 0; q < NC; ++q) acc[q] = vf8{};
     for (int64_t i = 0; i < len; ++i, c += 8, v += 8)
         for (int q = 0; q < NC; ++q)
-            for (int k = 0; k < 8; ++k) acc[q][k] = fmadd(load_value(v, k), X[(int64_t)c[k] * ldx + q], acc[q][k]);
+            for (int k = 0; k < 8; ++k) acc[q][k] = fmadd(load_value(v, k), X4[(int64_t)c[k] * 4 + q], acc[q][k]);
 #endif
+}
+
+// Columns [0, nc) (nc <= 4) of X (rows, ldx) into X4 (rows, 4), the layout rows8_cols reads; lanes past nc 0.
+static inline void pack4(const float* X, int64_t ldx, int64_t nc, int64_t rows, float* X4) {
+    for (int64_t k = 0; k < rows; ++k)
+        for (int q = 0; q < 4; ++q) X4[k * 4 + q] = q < nc ? X[k * ldx + q] : 0.f;
 }
 
 // f(std::integral_constant<int, nc>) for 2 <= nc <= SMALL_N (the column counts rows8_cols serves).
