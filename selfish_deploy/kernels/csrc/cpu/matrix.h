@@ -298,8 +298,8 @@ static inline void each_row_b1(const Csr<I, V>& W, int64_t p0, int64_t p1, const
 
 // rows8 for NC (2..4) columns at once. X4 (cols, 4): the columns packed four to a row (pack4 below; lanes past
 // NC are read but not used), so that each entry's 8 rows of X are 8 loads of 16 bytes put into columns by a
-// 4 x 4 transpose in each half of a register, instead of 8 * NC scalar loads and inserts (2.0-2.2x at 3
-// columns, MoS's experts: benchmarks/kernels_ab.py). acc[q] lane k is row_at(r0 + k)'s sum for column q, bit
+// 4 x 4 transpose in each half of a register, instead of 8 * NC scalar loads and inserts (1.6-1.7x at 3
+// columns: benchmarks/kernels_ab.py's product3 case, RESULTS.md "Products of 2-4 columns"). acc[q] lane k is row_at(r0 + k)'s sum for column q, bit
 // for bit rows8's (the same entries in the same order). The slice's indices and values are read once for all
 // NC columns: few columns (a small generation batch, MoS's experts at batch 1) cost less than one pass per
 // column, and less than a row-wise pass with NC masked lanes.
@@ -351,6 +351,31 @@ static inline void with_small_n(int64_t nc, F&& f) {
         case 3: f(std::integral_constant<int, 3>{}); break;
         default: f(std::integral_constant<int, 4>{}); break;
     }
+}
+
+// Whether a product of W times nc columns takes the SELL slices with all columns at once (each_row_cols):
+// 2-4 columns of a CSR matrix with a SELL copy.
+template <class M>
+static inline bool sell_cols(const M& W, int64_t nc) {
+    if constexpr (std::is_same<M, Dense>::value) return false;
+    else return nc >= 2 && nc <= SMALL_N && W.sell_ptr;
+}
+
+// each_row_b1 for nc (2-4) columns packed in X4 (pack4): SELL positions [p0, p1) (p0 a multiple of 8 in its
+// block, p1 the end of a window or block) through rows8_cols, f(row, q, sum) for each row and column q.
+template <class I, class V, class F>
+static inline void each_row_cols(const Csr<I, V>& W, int64_t p0, int64_t p1, const float* X4, int64_t nc, F&& f) {
+    with_small_n(nc, [&](auto n) {
+        constexpr int NC = decltype(n)::value;
+        for (int64_t p = p0; p < p1; p += 8) {
+            vf8 acc[NC];
+            rows8_cols<NC>(W, p, X4, acc);
+            for (int k = 0; k < 8 && p + k < p1; ++k) {
+                const int64_t row = W.row_at(p + k);
+                for (int q = 0; q < NC; ++q) f(row, q, acc[q][k]);
+            }
+        }
+    });
 }
 
 // The same sums for 8 * NV consecutive columns of X at once (lanes are columns).
