@@ -9,10 +9,10 @@ The baseline is one of:
   (``kernels.compiled.DENSE_BATCH1``), so SELL-8 everywhere.
 
 Cases: one batch-1 product of the last layer's W_hh (stacked trunks: the unit every batch-1 recurrence and step
-repeats), the last layer's recurrence over 64 steps of 32 columns (stacked trunks: the unit of batched
+repeats), the same product times 3 columns (stacked trunks: a small batch's unit), the last layer's recurrence over 64 steps of 32 columns (stacked trunks: the unit of batched
 scoring), the trunk over a 2,000-token text at batch 1 (the recurrences and the input products), scoring that
-text (the decoder too), scoring 32 texts x 64 tokens as one batch (``inference.py``'s third case), and a
-generation step. Prints the best time of each and old / new (> 1: new is
+text (the decoder too), scoring 32 texts x 64 tokens as one batch (``inference.py``'s third case), a
+generation step, and a generation step of 3 sequences. Prints the best time of each and old / new (> 1: new is
 faster), the median and range of the rounds' own old / new ratios, and checks that both give the same bits.
 Not a test; stop background jobs first. Example::
 
@@ -38,7 +38,7 @@ from selfish_deploy.runtime.stacked import StackedTrunk
 from common import probe_line, speed_probe
 
 DENSE_BATCH1 = compiled.DENSE_BATCH1
-CASES = ("product", "recurrence", "trunk", "score", "batch", "step")
+CASES = ("product", "product3", "recurrence", "trunk", "score", "batch", "step", "step3")
 
 
 def mean_ms(fn, calls: int) -> float:
@@ -81,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     text = torch.randint(0, 100, (args.tokens, 1), generator=torch.Generator().manual_seed(0))
     batch = torch.randint(0, 100, (64, 32), generator=torch.Generator().manual_seed(2))  # (T, B)
-    tok = torch.tensor([[5]])
+    tok, tok3 = torch.tensor([[5]]), torch.tensor([[5, 6, 7]])
     # name -> (the dense batch-1 threshold it runs with, the library it loads from)
     variants = {"new": (DENSE_BATCH1, None),
                 "old": (2.0 if args.baseline else DENSE_BATCH1, args.baseline_library)}  # 2.0: no matrix is that dense
@@ -91,6 +91,15 @@ def main() -> None:
         with library(path):
             lm = SparseLM.load(args.export, backend="sparse", threads=args.threads)
         engines[name] = (threshold, lm, lm.forward(tok, None)[1])
+    # the single-matrix cases' inputs (stacked trunks), the same for both engines
+    stacked = isinstance(engines["new"][1].backend.trunk, StackedTrunk)
+    if stacked:
+        _, _, w, _ = engines["new"][1].backend.trunk.layers[-1]
+        T, B = batch.shape
+        seeded = torch.Generator().manual_seed(1)
+        x1, x3 = torch.randn(w.cols, 1, generator=seeded), torch.randn(w.cols, 3, generator=seeded)
+        y1, y3 = torch.empty(w.rows, 1), torch.empty(w.rows, 3)  # outputs given: the kernel's time only
+        g = torch.randn(w.rows, T * B, generator=seeded)  # the recurrence's input projections
     probes = [speed_probe()]
     times = {name: {case: [] for case in CASES} for name in engines}
     for i in range(args.rounds):
@@ -98,12 +107,10 @@ def main() -> None:
             threshold, lm, state = engines[name]
             compiled.DENSE_BATCH1 = threshold
             be, zero = lm.backend, lm.init_state(1)
-            if isinstance(be.trunk, StackedTrunk):  # the cases of one matrix: stacked trunks only
+            if stacked:
                 _, _, w_hh, b_hh = be.trunk.layers[-1]
-                x, y = torch.randn(w_hh.cols, 1, generator=torch.Generator().manual_seed(1)), torch.empty(w_hh.rows, 1)
-                times[name]["product"].append(mean_ms(lambda: be.kernels.spmm(w_hh, x, out=y), 200))
-                T, B = batch.shape
-                g = torch.randn(w_hh.rows, T * B, generator=torch.Generator().manual_seed(3))  # input projections
+                times[name]["product"].append(mean_ms(lambda: be.kernels.spmm(w_hh, x1, out=y1), 200))
+                times[name]["product3"].append(mean_ms(lambda: be.kernels.spmm(w_hh, x3, out=y3), 200))
                 h0, c0 = torch.zeros(w_hh.cols, B), torch.zeros(w_hh.cols, B) if be.trunk.cell == "lstm" else None
                 times[name]["recurrence"].append(mean_ms(
                     lambda: be.kernels.recurrent(be.trunk.cell, w_hh, b_hh, g, T, B, h0, c0), 1))
@@ -117,12 +124,19 @@ def main() -> None:
                 box[0] = lm.forward(tok, box[0])[1]
 
             times[name]["step"].append(mean_ms(step, 200))
+            box3 = [lm.forward(tok3, lm.init_state(3))[1]]
+
+            def step3():
+                box3[0] = lm.forward(tok3, box3[0])[1]
+
+            times[name]["step3"].append(mean_ms(step3, 100))
     outputs = {}
     for name, (threshold, lm, state) in engines.items():  # the same bits? once each, after the timing
         compiled.DENSE_BATCH1 = threshold
         zero = lm.init_state(1)
         outputs[name] = (lm.backend.trunk(text[:300], zero)[0], lm.forward(text[:300], zero)[0],
-                         lm.forward(batch, lm.init_state(batch.shape[1]))[0], lm.forward(tok, state)[0])
+                         lm.forward(batch, lm.init_state(batch.shape[1]))[0], lm.forward(tok, state)[0],
+                         lm.forward(tok3, lm.init_state(3))[0])
     for case in CASES:
         if not times["new"][case]:
             continue
@@ -134,7 +148,7 @@ def main() -> None:
     probes.append(speed_probe())
     print(probe_line(probes))
     same = all(torch.equal(a, b) for a, b in zip(*outputs.values()))
-    print("same bits (trunk, log-probabilities of a text, of a batch and of a step):", same)
+    print("same bits (trunk, log-probabilities of a text, of a batch, of a step and of a 3-sequence step):", same)
 
 
 if __name__ == "__main__":
