@@ -5,10 +5,12 @@ the dense side of the comparison, PyTorch's BLAS on the decoder's dense GEMM (2,
 thread.
 
 Compiles each file with the extension's flags (``-O3 -mavx2 -mfma -ffp-contract=off``) into a temporary
-directory and runs it at the given densities on one thread. Needs a C++ compiler and an AVX2 CPU. Not a test;
-stop background jobs first. Example::
+directory and runs it at the given densities on one thread. ``--isa`` adds builds of the same loops for
+AVX-512 (``x86-64-v4``; with ``-mprefer-vector-width`` 256 or 512), run one after another in the same
+call, to answer whether an AVX-512 build of the kernels would pay. Needs a C++ compiler and an
+AVX2 CPU (AVX-512 for those builds). Not a test; stop background jobs first. Example::
 
-    python benchmarks/microkernels.py --densities 0.33 0.1
+    python benchmarks/microkernels.py --densities 0.33 0.1 [--isa avx2 avx512-256 avx512-512]
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent / "microkernels"
-FLAGS = ["-O3", "-std=c++17", "-mavx2", "-mfma", "-ffp-contract=off"]
+FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off"]
+ISAS = {  # gcc 12 knows no -march=znver4: x86-64-v4 is AVX-512 F/BW/CD/DQ/VL
+    "avx2": ["-mavx2", "-mfma"],
+    "avx512-256": ["-march=x86-64-v4", "-mprefer-vector-width=256"],
+    "avx512-512": ["-march=x86-64-v4", "-mprefer-vector-width=512"],
+}
 
 
 def clock_ghz() -> float:
@@ -40,6 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--densities", type=float, nargs="+", default=[0.33, 0.1])
     ap.add_argument("--only", choices=[p.stem for p in sorted(HERE.glob("*.cpp"))], help="one of the loops")
+    ap.add_argument("--isa", nargs="+", choices=list(ISAS), default=["avx2"],
+                    help="instruction sets to build the loops for (avx2: the extension's)")
     args = ap.parse_args()
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
@@ -49,11 +58,12 @@ def main() -> None:
         for src in sorted(HERE.glob("*.cpp")):
             if args.only and src.stem != args.only:
                 continue
-            exe = Path(tmp) / src.stem
-            subprocess.run([cxx, *FLAGS, "-o", str(exe), str(src)], check=True)
-            print(f"== {src.name}")
-            for d in args.densities:
-                subprocess.run([str(exe), str(d), f"{ghz:.3f}"], check=True)
+            for isa in args.isa:
+                exe = Path(tmp) / f"{src.stem}-{isa}"
+                subprocess.run([cxx, *FLAGS, *ISAS[isa], "-o", str(exe), str(src)], check=True)
+                print(f"== {src.name}, {isa} ({' '.join(ISAS[isa])})")
+                for d in args.densities:
+                    subprocess.run([str(exe), str(d), f"{ghz:.3f}"], check=True)
     if not args.only:
         print(f"== dense GEMM (PyTorch), multiply-adds per cycle at {ghz:.3f} GHz, 1 thread: {gemm_rate() / ghz:.2f}")
 

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..exportdir import ExportedModel, load_export
 from ..families import get_family
 from ..hub.mixin import HubMixin
+from . import heap
 from .backends import make_backend
 from .generation import BatchGenerator, Completion, TokenEvent
 from .sampling import SamplingParams
@@ -28,17 +29,6 @@ from .state import State
 
 MAX_WINDOW_COLUMNS = 4096  # tokens x sequences per kernel call when scoring: bounds the activations' memory
 MAX_BATCH = 64  # sequences scored together
-
-
-def _return_freed_memory() -> None:
-    """Hand the heap that loading freed back to the OS (glibc keeps it otherwise: ~2x the model in RSS)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 @dataclass
@@ -77,7 +67,8 @@ class SparseLM(HubMixin):
         self.vocab = exported.vocab
         self.backend = make_backend(backend, exported, self.device, self.threads)
         self.forward(torch.zeros((1, 1), dtype=torch.long))  # warm: kernels' batch-1 layout, first-call costs
-        _return_freed_memory()
+        heap.return_freed()
+        heap.keep_freed()  # calls reuse each other's freed activations instead of faulting fresh pages in
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "sparse", device: str | torch.device = "cpu",
