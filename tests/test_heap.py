@@ -4,12 +4,13 @@ being faulted in fresh. Each case runs in its own process, since malloc settings
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
 
 # Three 20 MB activations alive at once, freed together (as a scoring call's gate inputs and outputs): glibc's
 # defaults trim them off the heap's top, so every repetition faults 60 MB of fresh pages in.
