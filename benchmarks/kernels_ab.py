@@ -6,7 +6,10 @@ The baseline is one of:
 - ``--baseline-library PATH``: another build of the kernels library (for example a copy of
   ``selfish_deploy/kernels/_cpu*.so`` taken before a change; the two must share the ABI version);
 - ``--baseline dense-batch1-off``: this build with the dense batch-1 copy of recurrent matrices turned off
-  (``kernels.compiled.DENSE_BATCH1``), so SELL-8 everywhere.
+  (``kernels.compiled.DENSE_BATCH1``), so SELL-8 everywhere;
+- ``--baseline blas-batch-16``: this build with dense recurrences of 16 sequences or more on PyTorch's BLAS
+  (``kernels.compiled.BLAS_BATCH = 16``; a density-1.0 export is where it matters; outputs then differ by
+  rounding, so the bits check reads False).
 
 Cases: one batch-1 product of the last layer's W_hh (stacked trunks: the unit every batch-1 recurrence and step
 repeats), the same product times 3 columns (stacked trunks: a small batch's unit), the last layer's recurrence over 64 steps of 32 columns (stacked trunks: the unit of batched
@@ -37,7 +40,7 @@ from selfish_deploy.runtime.stacked import StackedTrunk
 
 from common import probe_line, speed_probe
 
-DENSE_BATCH1 = compiled.DENSE_BATCH1
+DENSE_BATCH1, BLAS_BATCH = compiled.DENSE_BATCH1, compiled.BLAS_BATCH
 CASES = ("product", "product3", "recurrence", "trunk", "score", "batch", "step", "step3")
 
 
@@ -74,7 +77,7 @@ def main() -> None:
     ap.add_argument("export", help="an export directory")
     base = ap.add_mutually_exclusive_group(required=True)
     base.add_argument("--baseline-library", metavar="PATH", help="another build of the kernels library")
-    base.add_argument("--baseline", choices=["dense-batch1-off"], help="this build with a feature turned off")
+    base.add_argument("--baseline", choices=["dense-batch1-off", "blas-batch-16"], help="this build with a feature turned off")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7, help="alternating rounds; the best counts")
     ap.add_argument("--tokens", type=int, default=2000, help="the scored text's length")
@@ -82,12 +85,17 @@ def main() -> None:
     text = torch.randint(0, 100, (args.tokens, 1), generator=torch.Generator().manual_seed(0))
     batch = torch.randint(0, 100, (64, 32), generator=torch.Generator().manual_seed(2))  # (T, B)
     tok, tok3 = torch.tensor([[5]]), torch.tensor([[5, 6, 7]])
-    # name -> (the dense batch-1 threshold it runs with, the library it loads from)
-    variants = {"new": (DENSE_BATCH1, None),
-                "old": (2.0 if args.baseline else DENSE_BATCH1, args.baseline_library)}  # 2.0: no matrix is that dense
+    # name -> (the dense batch-1 threshold and the BLAS batch it runs with, the library it loads from)
+    off = 2.0 if args.baseline == "dense-batch1-off" else DENSE_BATCH1  # 2.0: no matrix is that dense
+    variants = {"new": ((DENSE_BATCH1, BLAS_BATCH), None),
+                "old": ((off, 16 if args.baseline == "blas-batch-16" else BLAS_BATCH), args.baseline_library)}
     engines = {}
+
+    def use(settings):  # read when a call runs (DENSE_BATCH1: when a recurrence first builds its layout)
+        compiled.DENSE_BATCH1, compiled.BLAS_BATCH = settings
+
     for name, (threshold, path) in variants.items():
-        compiled.DENSE_BATCH1 = threshold  # read when a recurrence first builds its layout: set before each call
+        use(threshold)
         with library(path):
             lm = SparseLM.load(args.export, backend="sparse", threads=args.threads)
         engines[name] = (threshold, lm, lm.forward(tok, None)[1])
@@ -105,7 +113,7 @@ def main() -> None:
     for i in range(args.rounds):
         for name in ("new", "old") if i % 2 == 0 else ("old", "new"):  # ABBA: neither always goes first
             threshold, lm, state = engines[name]
-            compiled.DENSE_BATCH1 = threshold
+            use(threshold)
             be, zero = lm.backend, lm.init_state(1)
             if stacked:
                 _, _, w_hh, b_hh = be.trunk.layers[-1]
@@ -132,7 +140,7 @@ def main() -> None:
             times[name]["step3"].append(mean_ms(step3, 100))
     outputs = {}
     for name, (threshold, lm, state) in engines.items():  # the same bits? once each, after the timing
-        compiled.DENSE_BATCH1 = threshold
+        use(threshold)
         zero = lm.init_state(1)
         outputs[name] = (lm.backend.trunk(text[:300], zero)[0], lm.forward(text[:300], zero)[0],
                          lm.forward(batch, lm.init_state(batch.shape[1]))[0], lm.forward(tok, state)[0],
