@@ -7,9 +7,10 @@ The baseline is one of:
   ``selfish_deploy/kernels/_cpu*.so`` taken before a change; the two must share the ABI version);
 - ``--baseline dense-batch1-off``: this build with the dense batch-1 copy of recurrent matrices turned off
   (``kernels.compiled.DENSE_BATCH1``), so SELL-8 everywhere;
-- ``--baseline blas-batch-16``: this build with dense recurrences of 16 sequences or more on PyTorch's BLAS
-  (``kernels.compiled.BLAS_BATCH = 16``; a density-1.0 export is where it matters; outputs then differ by
-  rounding, so the bits check reads False).
+- ``--baseline blas-batch``: this build as it is ("old": dense recurrences of ``kernels.compiled.BLAS_BATCH``
+  sequences or more on PyTorch's BLAS) against "new", every dense recurrence on the package's own kernel (a
+  candidate for the switch; a density-1.0 export is where it matters; the outputs then differ by rounding, so
+  the bits check reads False).
 
 Cases: one batch-1 product of the last layer's W_hh (stacked trunks: the unit every batch-1 recurrence and step
 repeats), the same product times 3 columns (stacked trunks: a small batch's unit), the last layer's recurrence over 64 steps of 32 columns (stacked trunks: the unit of batched
@@ -77,7 +78,8 @@ def main() -> None:
     ap.add_argument("export", help="an export directory")
     base = ap.add_mutually_exclusive_group(required=True)
     base.add_argument("--baseline-library", metavar="PATH", help="another build of the kernels library")
-    base.add_argument("--baseline", choices=["dense-batch1-off", "blas-batch-16"], help="this build with a feature turned off")
+    base.add_argument("--baseline", choices=["dense-batch1-off", "blas-batch"],
+                      help="this build with a feature turned off (blas-batch: the candidate turned on in 'new')")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7, help="alternating rounds; the best counts")
     ap.add_argument("--tokens", type=int, default=2000, help="the scored text's length")
@@ -85,20 +87,20 @@ def main() -> None:
     text = torch.randint(0, 100, (args.tokens, 1), generator=torch.Generator().manual_seed(0))
     batch = torch.randint(0, 100, (64, 32), generator=torch.Generator().manual_seed(2))  # (T, B)
     tok, tok3 = torch.tensor([[5]]), torch.tensor([[5, 6, 7]])
-    # name -> (the dense batch-1 threshold and the BLAS batch it runs with, the library it loads from)
+    # name -> ((the dense batch-1 threshold, the BLAS batch) it runs with, the library it loads from)
     off = 2.0 if args.baseline == "dense-batch1-off" else DENSE_BATCH1  # 2.0: no matrix is that dense
-    variants = {"new": ((DENSE_BATCH1, BLAS_BATCH), None),
-                "old": ((off, 16 if args.baseline == "blas-batch-16" else BLAS_BATCH), args.baseline_library)}
+    never = 1 << 30 if args.baseline == "blas-batch" else BLAS_BATCH  # no batch that large
+    variants = {"new": ((DENSE_BATCH1, never), None), "old": ((off, BLAS_BATCH), args.baseline_library)}
     engines = {}
 
     def use(settings):  # read when a call runs (DENSE_BATCH1: when a recurrence first builds its layout)
         compiled.DENSE_BATCH1, compiled.BLAS_BATCH = settings
 
-    for name, (threshold, path) in variants.items():
-        use(threshold)
+    for name, (settings, path) in variants.items():
+        use(settings)
         with library(path):
             lm = SparseLM.load(args.export, backend="sparse", threads=args.threads)
-        engines[name] = (threshold, lm, lm.forward(tok, None)[1])
+        engines[name] = (settings, lm, lm.forward(tok, None)[1])
     # the single-matrix cases' inputs (stacked trunks), the same for both engines
     stacked = isinstance(engines["new"][1].backend.trunk, StackedTrunk)
     if stacked:
@@ -112,8 +114,8 @@ def main() -> None:
     times = {name: {case: [] for case in CASES} for name in engines}
     for i in range(args.rounds):
         for name in ("new", "old") if i % 2 == 0 else ("old", "new"):  # ABBA: neither always goes first
-            threshold, lm, state = engines[name]
-            use(threshold)
+            settings, lm, state = engines[name]
+            use(settings)
             be, zero = lm.backend, lm.init_state(1)
             if stacked:
                 _, _, w_hh, b_hh = be.trunk.layers[-1]
@@ -139,8 +141,8 @@ def main() -> None:
 
             times[name]["step3"].append(mean_ms(step3, 100))
     outputs = {}
-    for name, (threshold, lm, state) in engines.items():  # the same bits? once each, after the timing
-        use(threshold)
+    for name, (settings, lm, state) in engines.items():  # the same bits? once each, after the timing
+        use(settings)
         zero = lm.init_state(1)
         outputs[name] = (lm.backend.trunk(text[:300], zero)[0], lm.forward(text[:300], zero)[0],
                          lm.forward(batch, lm.init_state(batch.shape[1]))[0], lm.forward(tok, state)[0],

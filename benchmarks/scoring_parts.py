@@ -4,8 +4,8 @@
 Stages, in the order ``SparseLM.score_ids`` runs them: the first layer's input-table lookup, then per layer
 the input product (layers after the first; every time step at once) and the recurrence (T steps in one
 kernel call), then the head (decoder product and log-softmax, the targets' log-probabilities); then the
-trunk as one call and ``score_ids`` end to end (the Python around the kernels is the difference between
-the sum of the stages and that). Each stage's inputs are made once, from a real forward pass, so the
+trunk as one call and ``score_ids`` end to end (the difference from the sum of the stages is what a call
+does besides them: the Python, copies between stages, fresh pages for buffers larger than one stage's). Each stage's inputs are made once, from a real forward pass, so the
 recurrences see real activations. Prints the best and the median of ``--repeats`` calls per stage, and each
 stage's share of the sum of the best times. Stacked LSTM/GRU/RNN exports only. Not a test; stop background
 jobs first. Example::

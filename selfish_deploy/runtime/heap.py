@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -20,7 +21,9 @@ MMAP_THRESHOLD = 32 << 20  # the most glibc accepts on 64-bit: blocks up to it c
 TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top kept before glibc trims it
 
 
+@functools.cache
 def _libc():
+    """glibc, or None (another C library: no mallopt)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
