@@ -7,6 +7,8 @@ The baseline is one of:
   ``selfish_deploy/kernels/_cpu*.so`` taken before a change; the two must share the ABI version);
 - ``--baseline dense-batch1-off``: this build with the dense batch-1 copy of recurrent matrices turned off
   (``kernels.compiled.DENSE_BATCH1``), so SELL-8 everywhere;
+- ``--baseline block-permute-off``: this build with the AVX-512 block-permute copy of batch-1 recurrences
+  turned off (``kernels.compiled.BLOCK_PERMUTE``), so SELL-8 there (on CPUs without AVX-512 both are SELL-8);
 - ``--baseline blas-batch``: this build as it is ("old": dense recurrences of ``kernels.compiled.BLAS_BATCH``
   sequences or more on PyTorch's BLAS) against "new", every dense recurrence on the package's own kernel (a
   candidate for the switch; a density-1.0 export is where it matters; the outputs then differ by rounding, so
@@ -41,7 +43,7 @@ from selfish_deploy.runtime.stacked import StackedTrunk
 
 from common import probe_line, speed_probe
 
-DENSE_BATCH1, BLAS_BATCH = compiled.DENSE_BATCH1, compiled.BLAS_BATCH
+DENSE_BATCH1, BLAS_BATCH, BLOCK_PERMUTE = compiled.DENSE_BATCH1, compiled.BLAS_BATCH, compiled.BLOCK_PERMUTE
 CASES = ("product", "product3", "recurrence", "trunk", "score", "batch", "step", "step3")
 
 
@@ -78,7 +80,7 @@ def main() -> None:
     ap.add_argument("export", help="an export directory")
     base = ap.add_mutually_exclusive_group(required=True)
     base.add_argument("--baseline-library", metavar="PATH", help="another build of the kernels library")
-    base.add_argument("--baseline", choices=["dense-batch1-off", "blas-batch"],
+    base.add_argument("--baseline", choices=["dense-batch1-off", "block-permute-off", "blas-batch"],
                       help="this build with a feature turned off (blas-batch: the candidate turned on in 'new')")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7, help="alternating rounds; the best counts")
@@ -87,14 +89,16 @@ def main() -> None:
     text = torch.randint(0, 100, (args.tokens, 1), generator=torch.Generator().manual_seed(0))
     batch = torch.randint(0, 100, (64, 32), generator=torch.Generator().manual_seed(2))  # (T, B)
     tok, tok3 = torch.tensor([[5]]), torch.tensor([[5, 6, 7]])
-    # name -> ((the dense batch-1 threshold, the BLAS batch) it runs with, the library it loads from)
+    # name -> ((the dense batch-1 threshold, the BLAS batch, block-permute) it runs with, the library it loads from)
     off = 2.0 if args.baseline == "dense-batch1-off" else DENSE_BATCH1  # 2.0: no matrix is that dense
     never = 1 << 30 if args.baseline == "blas-batch" else BLAS_BATCH  # no batch that large
-    variants = {"new": ((DENSE_BATCH1, never), None), "old": ((off, BLAS_BATCH), args.baseline_library)}
+    bp_old = BLOCK_PERMUTE and args.baseline != "block-permute-off"
+    variants = {"new": ((DENSE_BATCH1, never, BLOCK_PERMUTE), None),
+                "old": ((off, BLAS_BATCH, bp_old), args.baseline_library)}
     engines = {}
 
     def use(settings):  # read when a call runs (DENSE_BATCH1: when a recurrence first builds its layout)
-        compiled.DENSE_BATCH1, compiled.BLAS_BATCH = settings
+        compiled.DENSE_BATCH1, compiled.BLAS_BATCH, compiled.BLOCK_PERMUTE = settings
 
     for name, (settings, path) in variants.items():
         use(settings)

@@ -400,18 +400,58 @@ def test_onlstm_sequence_alone_equals_its_column_of_a_batch(B):
 
 
 @needs_compiled
-@pytest.mark.parametrize("values", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rows,cols,block", [(4 * 37, 37, 37), (300, 70, 300), (2 * 100, 100, 100), (16, 32, 16),
+                                             (3 * 21, 650, 21)])
+@pytest.mark.parametrize("index,values", [(torch.uint16, torch.float32), (torch.int32, torch.float16),
+                                          (torch.uint16, torch.bfloat16)])
+def test_block_permute_layout_holds_every_entry_once_in_its_lane(rows, cols, block, index, values):
+    """The block-permute copy, read back as the kernel reads it: slice s of 16 SELL positions (within blocks of
+    ``block`` rows), per block of 32 columns depth[s, b] entries of 16 lanes (column within the block,
+    value). Every stored entry lands once, in its row's lane, in the row's stored order; each block's depth is
+    its deepest lane's count; padding is column 0, value 0; nothing else."""
+    w, dense = weight(rows, cols, 0.3, seed=rows + cols, index=index, values=values)
+    ptr, depth, idx, val = w.block_permute(block)
+    perm = w.sell(block)[3].long()
+    nb, per_block = -(-cols // 32), -(-block // 16)
+    assert depth.shape == (rows // block * per_block, nb) and ptr[0] == 0
+    assert torch.equal(ptr.diff(), depth.long().sum(1))
+    assert idx.numel() == val.numel() == 16 * int(ptr[-1]) and val.dtype == values
+    back = torch.zeros(rows, cols)
+    idx, val = idx.view(-1, 16).long(), val.view(-1, 16).float()
+    for s in range(depth.shape[0]):
+        p0 = (s // per_block) * block + (s % per_block) * 16
+        lanes = min(16, (s // per_block) * block + block - p0)
+        e = int(ptr[s])
+        for b in range(nb):
+            d = int(depth[s, b])
+            counts = [int((dense[perm[p0 + l], 32 * b:32 * b + 32] != 0).sum()) for l in range(lanes)]
+            assert d == max(counts, default=0)
+            for l in range(16):
+                c, v = idx[e:e + d, l], val[e:e + d, l]
+                n = counts[l] if l < lanes else 0
+                assert torch.all(c[n:] == 0) and torch.all(v[n:] == 0)  # padding
+                if n:
+                    assert torch.all(c[:n].diff() > 0)  # the row's stored order
+                    back[perm[p0 + l], 32 * b + c[:n]] += v[:n]
+            e += d
+    assert torch.equal(back, dense)
+
+
+@needs_compiled
+@pytest.mark.parametrize("values", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("density", [0.1, 0.4])
-def test_batch1_recurrences_dense_copy_gives_the_sell_bits(monkeypatch, values, density):
-    """From DENSE_BATCH1 on, a batch-1 recurrence multiplies by the dense batch-1 copy (zeros included, in
-    groups of 32 rows: H = 100 leaves partial groups at every gate block's end) instead of SELL-8: every
-    recurrence gives the same bits both ways, on two threads. Below it, no dense copy is built."""
+def test_batch1_recurrences_give_the_same_bits_through_every_copy(monkeypatch, values, density):
+    """A batch-1 recurrence multiplies by the block-permute copy (AVX-512 CPUs), else by the dense copy (from
+    DENSE_BATCH1 on), else by SELL-8: LSTM, RHN and ON-LSTM recurrences give the same bits every way, on two
+    threads (H = 100: partial slices of 16, groups of 32 and column blocks of 32 at every block's end); each
+    way builds only its copy."""
     from selfish_deploy.kernels import compiled as compiled_mod
 
     k = kernels_for("cpu", 2)
     k.set_min_work(0)
 
-    def run(threshold):
+    def run(block_permute, threshold):
+        monkeypatch.setattr(compiled_mod, "BLOCK_PERMUTE", block_permute)
         monkeypatch.setattr(compiled_mod, "DENSE_BATCH1", threshold)
         H, T = 100, 6
         lstm, _ = weight(4 * H, H, density, seed=1, values=values, scale=0.3)
@@ -424,15 +464,19 @@ def test_batch1_recurrences_dense_copy_gives_the_sell_bits(monkeypatch, values, 
                 k.rhn_recurrent(rhn, [None, torch.ones(2 * H), -torch.ones(2 * H)], x(2 * H), T, 1, h,
                                 out=poisoned(H, T))[0],
                 k.onlstm_recurrent(onlstm, 0.5, x(onlstm.rows), T, 1, h, c, 10, out=poisoned(H, T))[0]]
-        return outs, [bool(m._dense1) for m in (lstm, rhn[0], onlstm)]
+        built = [(bool(m._bp), bool(m._dense1)) for m in (lstm, rhn[0], onlstm)]
+        return outs, built
 
     try:
-        dense_way, built = run(compiled_mod.DENSE_BATCH1)
-        assert built == [density >= compiled_mod.DENSE_BATCH1] * 3
-        sell_way, built = run(2.0)
-        assert built == [False] * 3
-        for a, b in zip(dense_way, sell_way):
-            assert not a.isnan().any() and torch.equal(a, b)
+        avx512 = compiled_mod.has_avx512()
+        permuted, built = run(True, compiled_mod.DENSE_BATCH1)
+        assert built == [(avx512, not avx512 and density >= compiled_mod.DENSE_BATCH1)] * 3
+        dense_way, built = run(False, compiled_mod.DENSE_BATCH1)
+        assert built == [(False, density >= compiled_mod.DENSE_BATCH1)] * 3
+        sell_way, built = run(False, 2.0)
+        assert built == [(False, False)] * 3
+        for a, b, c in zip(permuted, dense_way, sell_way):
+            assert not a.isnan().any() and torch.equal(a, c) and torch.equal(b, c)
     finally:
         k.set_min_work(32768)
 
@@ -552,6 +596,23 @@ def test_generic_instruction_set_passes_the_kernel_grid():
     env = {**os.environ, "SELFISH_KERNELS_ISA": "generic"}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
                         "spmm or decoder or recurrent or column_does_not or batch1 or panels"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert " passed" in r.stdout
+
+
+@needs_compiled
+@pytest.mark.skipif(not kernels.compiled_available() or not __import__(
+    "selfish_deploy.kernels.compiled", fromlist=["has_avx512"]).has_avx512(), reason="no AVX-512 block-permute here")
+def test_avx2_instruction_set_passes_the_kernel_grid():
+    """On an AVX-512 CPU the batch-1 recurrences run the block-permute copy; SELFISH_KERNELS_ISA=avx2 turns it
+    off, so this file's recurrence tests run again in a subprocess on SELL-8 and the dense copy (what CPUs
+    without AVX-512 run)."""
+    env = {**os.environ, "SELFISH_KERNELS_ISA": "avx2"}
+    code = ("from selfish_deploy.kernels.compiled import has_avx512; import sys; sys.exit(int(has_avx512()))")
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0  # turned off
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+                        "recurren or batch1 or column_does_not"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
     assert " passed" in r.stdout

@@ -61,5 +61,6 @@ def report() -> dict:
         from .compiled import CompiledKernels
 
         k = CompiledKernels(lib)
-        info.update(isa=k.isa, build=k.build, cpu_features=k.cpu_features(), max_threads=lib.sd_max_threads())
+        info.update(isa=k.isa, build=k.build, cpu_features=k.cpu_features(), max_threads=lib.sd_max_threads(),
+                    avx512_block_permute=bool(lib.sd_has_avx512()))
     return info

@@ -24,6 +24,12 @@ BLAS_BATCH = 16
 # A generation step keeps SELL: its working set is every matrix, and dense copies there made it 0.8x as fast.
 # The same bits either way.
 DENSE_BATCH1 = 0.15
+# On CPUs with AVX-512, a batch-1 recurrence on a sparse matrix gets the block-permute copy instead (matrix.h,
+# bp_*, beside SELL-8), whatever its density: one permute per 16 entries instead of SELL's loads and shuffles,
+# the same bits. `benchmarks/kernels_ab.py` (reference model, 2 threads, Zen 4): the 2,000-token trunk 1.49x
+# faster than SELL-8 at density 0.1; 1.56x and 1.19x faster than the dense copy at 0.2 and 0.33. Off: SELL-8
+# or the dense copy as above (for A/B runs: `--baseline block-permute-off`).
+BLOCK_PERMUTE = True
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -35,7 +41,9 @@ class SdMatrix(ctypes.Structure):
                 ("index_bits", ctypes.c_int32), ("value_type", ctypes.c_int32), ("sell_dense", ctypes.c_int32),
                 ("crow", ctypes.c_void_p), ("col", ctypes.c_void_p), ("val", ctypes.c_void_p),
                 ("sell_ptr", ctypes.c_void_p), ("sell_col", ctypes.c_void_p), ("sell_val", ctypes.c_void_p),
-                ("sell_block", ctypes.c_int64), ("sell_perm", ctypes.c_void_p), ("sell_sigma", ctypes.c_int64)]
+                ("sell_block", ctypes.c_int64), ("sell_perm", ctypes.c_void_p), ("sell_sigma", ctypes.c_int64),
+                ("bp_ptr", ctypes.c_void_p), ("bp_depth", ctypes.c_void_p), ("bp_idx", ctypes.c_void_p),
+                ("bp_val", ctypes.c_void_p)]
 
 
 class SdStackLayer(ctypes.Structure):
@@ -100,13 +108,24 @@ def _cols(x: torch.Tensor, name: str, rows: int) -> int:
     return x.stride(0) if x.shape[0] > 1 else max(1, x.shape[1])
 
 
+def has_avx512() -> bool:
+    """Whether the loaded library runs the AVX-512 block-permute products on this CPU."""
+    from .loader import load
+
+    lib, _ = load()
+    return lib is not None and bool(lib.sd_has_avx512())
+
+
 def struct(w: Matrix, block_rows: int | None = None, recurrence: bool = False) -> SdMatrix:
     """The C view of ``w``, with its batch-1 copy in blocks of ``block_rows`` rows (default: all rows; 0: none,
-    for ops that never take one column at a time): SELL-8, or for a batch-1 ``recurrence`` on a matrix of
-    density ``DENSE_BATCH1`` or more, dense."""
+    for ops that never take one column at a time): SELL-8; for a batch-1 ``recurrence``, with ``BLOCK_PERMUTE``
+    on an AVX-512 CPU, SELL-8 and the block-permute copy, else on a matrix of density ``DENSE_BATCH1`` or more
+    the dense copy."""
     block_rows = w.rows if block_rows is None else block_rows
-    dense1 = bool(block_rows) and recurrence and w.is_sparse and w.nnz >= DENSE_BATCH1 * w.rows * w.cols
-    key = (block_rows, dense1)
+    bp = bool(block_rows) and recurrence and w.is_sparse and BLOCK_PERMUTE and has_avx512()
+    dense1 = (bool(block_rows) and recurrence and w.is_sparse and not bp
+              and w.nnz >= DENSE_BATCH1 * w.rows * w.cols)
+    key = (block_rows, dense1, bp)
     if key not in w._struct:
         if w.device.type != "cpu":
             raise ValueError("compiled CPU kernels need CPU weights")
@@ -117,9 +136,11 @@ def struct(w: Matrix, block_rows: int | None = None, recurrence: bool = False) -
                 ptr, col, val, perm = None, None, w.dense_batch1(block_rows).data_ptr(), None
             else:
                 ptr, col, val, perm = [t.data_ptr() for t in w.sell(block_rows)] if block_rows else [None] * 4
+            bps = [t.data_ptr() for t in w.block_permute(block_rows)] if bp else [None] * 4
             w._struct[key] = SdMatrix(w.rows, w.cols, 0, INDEX_BITS[w.col.dtype], VALUE_TYPES[w.values.dtype],
                                       int(dense1), w.crow.data_ptr(), w.col.data_ptr(), w.values.data_ptr(), ptr,
-                                      col, val, block_rows, perm, sell_sigma(w.rows, block_rows) if block_rows else 8)
+                                      col, val, block_rows, perm, sell_sigma(w.rows, block_rows) if block_rows else 8,
+                                      *bps)
         else:
             w._struct[key] = SdMatrix(w.rows, w.cols, 1, 0, 0, 0, None, None, w.dense.data_ptr(), None,
                                       None, None, 0, None, 8)
@@ -149,6 +170,7 @@ class CompiledKernels:
         lib.sd_onlstm_step.restype = ctypes.c_int
         lib.sd_rhn_step.restype = ctypes.c_int
         lib.sd_set_min_work.argtypes = [ctypes.c_double]
+        lib.sd_has_avx512.restype = ctypes.c_int
         self.threads = 1
         self._rhn_args: dict[tuple, tuple] = {}  # the C arrays of an RHN layer's matrices and biases, per layer
 

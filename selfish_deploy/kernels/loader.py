@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch  # noqa: F401  loaded first: the kernels then share PyTorch's OpenMP runtime (one thread pool)
 
-ABI_VERSION = 9
+ABI_VERSION = 10
 HERE = Path(__file__).resolve().parent
 
 
@@ -60,4 +60,6 @@ def open_library(path: str | Path) -> ctypes.CDLL:
     lib.sd_sell_offsets.argtypes = [vp, vp, i64, i64, vp]
     lib.sd_sell_fill.argtypes = [vp, vp, vp, vp, i64, i64, i32, i32, vp, vp, vp]
     lib.sd_dense1_fill.argtypes = [vp, vp, i32, vp, i32, i64, i64, i64, vp]
+    lib.sd_bp_offsets.argtypes = [vp, vp, vp, i32, i64, i64, i64, vp, vp]
+    lib.sd_bp_fill.argtypes = [vp, vp, vp, i32, vp, i32, i64, i64, i64, vp, vp, vp, vp]
     return lib

@@ -67,6 +67,7 @@ class Matrix:
             self.nnz = dense.numel()
         self._sell: dict[int, tuple] = {}
         self._dense1: dict[int, torch.Tensor] = {}
+        self._bp: dict[int, tuple] = {}
         self._struct: dict[int, object] = {}  # ctypes views by SELL block height (compiled.py)
 
     @property
@@ -85,7 +86,7 @@ class Matrix:
         if self.dense is not None:
             return self.dense.numel() * 4
         parts = [self.crow, self.col, self.values, *(t for sell in self._sell.values() for t in sell),
-                 *self._dense1.values()]
+                 *self._dense1.values(), *(t for bp in self._bp.values() for t in bp)]
         return sum(t.numel() * t.element_size() for t in parts)
 
     def sell(self, block_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,6 +121,36 @@ class Matrix:
                          rows, bh, self.col.element_size(), self.values.element_size(), p(ptr.data_ptr()),
                          p(col.data_ptr()), p(val.data_ptr()))
         return ptr, col, val, perm
+
+    def block_permute(self, block_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block-permute copy for batch-1 products on AVX-512 CPUs (kernels/csrc/cpu/matrix.h, ``bp_*``):
+        the SELL positions (``sell(block_rows)``'s perm) in slices of 16, each slice's entries grouped by blocks
+        of 32 columns, 16 lanes of (column within the block uint8, value in the stored dtype) per entry::
+
+            slice s, column block b:  depth[s, b] entries of [col % 32 of lanes 0..15 | values of lanes 0..15]
+
+        Returns (slice offsets int64, depth uint8 (slices, ceil(cols / 32)), indices uint8, values); built
+        once per height. About 1.5x SELL's bytes at density 0.1 (padding to the deepest lane of each block)."""
+        if block_rows not in self._bp:
+            rows, cols = self.shape
+            perm = self.sell(block_rows)[3]
+            lib, p = _library("the block-permute copy"), ctypes.c_void_p
+            n_slices = rows // block_rows * -(-block_rows // 16)
+            nb = -(-cols // 32)
+            depth = torch.zeros(n_slices, nb, dtype=torch.uint8)
+            ptr = torch.zeros(n_slices + 1, dtype=torch.long)
+            ib, vb = self.col.element_size(), self.values.element_size()
+            if lib.sd_bp_offsets(p(self.crow.data_ptr()), p(perm.data_ptr()), p(self.col.data_ptr()), ib, rows, cols,
+                                 block_rows, p(depth.data_ptr()), p(ptr.data_ptr())):
+                raise ValueError(f"no block-permute copy of {rows} rows in blocks of {block_rows}")
+            total = int(ptr[-1]) * 16
+            idx = torch.zeros(total, dtype=torch.uint8)
+            val = torch.zeros(total, dtype=self.values.dtype)
+            lib.sd_bp_fill(p(self.crow.data_ptr()), p(perm.data_ptr()), p(self.col.data_ptr()), ib,
+                           p(self.values.data_ptr()), vb, rows, cols, block_rows, p(depth.data_ptr()),
+                           p(ptr.data_ptr()), p(idx.data_ptr()), p(val.data_ptr()))
+            self._bp[block_rows] = (ptr, depth, idx, val)
+        return self._bp[block_rows]
 
     def dense_batch1(self, block_rows: int) -> torch.Tensor:
         """The dense batch-1 copy (kernels/csrc/cpu/matrix.h, ``sell_dense``): within blocks of ``block_rows``

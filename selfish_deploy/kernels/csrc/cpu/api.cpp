@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include <omp.h>
 
@@ -61,7 +62,21 @@ double sd_min_work = 32768.0;  // multiply-adds per thread below which a kernel 
 
 void sd_set_min_work(double w) { sd_min_work = w; }
 
-int sd_abi_version() { return 9; }
+int sd_abi_version() { return 10; }
+
+// The block-permute batch-1 products (matrix.h) need AVX-512 F/BW/VL with the OS saving its registers (which
+// __builtin_cpu_supports checks); SELFISH_KERNELS_ISA=avx2 or generic turns them off.
+int sd_has_avx512() {
+#ifdef SD_X86
+    const char* force = std::getenv("SELFISH_KERNELS_ISA");
+    if (!use_avx2() || (force && (std::strcmp(force, "avx2") == 0 || std::strcmp(force, "generic") == 0))) return 0;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
 
 const char* sd_isa() { return use_avx2() ? "avx2+fma+f16c" : "generic"; }
 
@@ -81,7 +96,7 @@ int sd_cpu_features(char* buf, int n) {  // the features the kernels look at, as
     buf[0] = 0;
 #ifdef SD_X86
     __builtin_cpu_init();
-    const char* names[] = {"sse4.2", "avx", "avx2", "fma", "f16c", "avx512f"};
+    const char* names[] = {"sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"};
     int used = 0;
     for (const char* f : names) {
         bool has = false;
@@ -91,6 +106,8 @@ int sd_cpu_features(char* buf, int n) {  // the features the kernels look at, as
         if (!std::strcmp(f, "fma")) has = __builtin_cpu_supports("fma");
         if (!std::strcmp(f, "f16c")) has = __builtin_cpu_supports("f16c");
         if (!std::strcmp(f, "avx512f")) has = __builtin_cpu_supports("avx512f");
+        if (!std::strcmp(f, "avx512bw")) has = __builtin_cpu_supports("avx512bw");
+        if (!std::strcmp(f, "avx512vl")) has = __builtin_cpu_supports("avx512vl");
         if (has) used += std::snprintf(buf + used, n - used, used ? " %s" : "%s", f);
     }
 #endif
@@ -145,6 +162,67 @@ int sd_sell_fill(const int32_t* crow, const int32_t* perm, const void* col, cons
             const int64_t dst = ptr[slice] + 8 * i + lane;
             std::memcpy((char*)sell_col + dst * index_bytes, (const char*)col + p * index_bytes, index_bytes);
             std::memcpy((char*)sell_val + dst * value_bytes, (const char*)val + p * value_bytes, value_bytes);
+        }
+    }
+    return 0;
+}
+
+// The block-permute copy (see matrix.h, bp_*) of a CSR matrix whose positions are ordered by perm (the SELL
+// copy's): per slice of 16 positions within blocks of `block` rows and per block of 32 columns, depth[s * nb +
+// b] entries (the most non-zeros of one of the slice's rows in those columns), and ptr[s] the slice's first
+// entry (ptr has n_slices + 1 elements, n_slices = rows / block * ceil(block / 16)). sd_bp_offsets fills depth
+// and ptr; 1 if a row's columns are not strictly increasing (the copy's order would not be the stored one).
+int sd_bp_offsets(const int32_t* crow, const int32_t* perm, const void* col, int index_bytes, int64_t rows,
+                  int64_t cols, int64_t block, uint8_t* depth, int64_t* ptr) {
+    if (block <= 0 || rows % block || (index_bytes != 2 && index_bytes != 4)) return 1;
+    const int64_t nb = (cols + 31) / 32;
+    auto column = [&](int64_t p) -> int64_t {
+        return index_bytes == 2 ? ((const uint16_t*)col)[p] : ((const int32_t*)col)[p];
+    };
+    std::vector<int64_t> per(nb);
+    int64_t s = 0;
+    ptr[0] = 0;
+    for (int64_t b0 = 0; b0 < rows; b0 += block) {
+        for (int64_t p0 = b0; p0 < b0 + block; p0 += 16, ++s) {
+            std::fill(per.begin(), per.end(), 0);
+            for (int64_t q = p0; q < p0 + 16 && q < b0 + block; ++q) {
+                const int64_t r = perm[q];
+                std::vector<int64_t> count(nb, 0);
+                for (int64_t p = crow[r]; p < crow[r + 1]; ++p) {
+                    if (p > crow[r] && column(p) <= column(p - 1)) return 1;
+                    ++count[column(p) / 32];
+                }
+                for (int64_t b = 0; b < nb; ++b) per[b] = std::max(per[b], count[b]);
+            }
+            int64_t total = 0;
+            for (int64_t b = 0; b < nb; ++b) {
+                depth[s * nb + b] = (uint8_t)per[b];
+                total += per[b];
+            }
+            ptr[s + 1] = ptr[s] + total;
+        }
+    }
+    return 0;
+}
+
+// sd_bp_fill copies the entries (16 lanes each: idx the column within its block of 32, val the value in the
+// stored type) into idx/val (16 * ptr[n_slices] elements each, zeroed by the caller: padding is column 0 of the
+// block, value 0).
+int sd_bp_fill(const int32_t* crow, const int32_t* perm, const void* col, int index_bytes, const void* val,
+               int value_bytes, int64_t rows, int64_t cols, int64_t block, const uint8_t* depth, const int64_t* ptr,
+               uint8_t* idx, void* bval) {
+    if (block <= 0 || rows % block || (index_bytes != 2 && index_bytes != 4)) return 1;
+    const int64_t nb = (cols + 31) / 32, per_block = (block + 15) / 16;
+    for (int64_t q = 0; q < rows; ++q) {  // position q holds row perm[q]
+        const int64_t r = perm[q], within = q % block, s = (q / block) * per_block + within / 16, lane = within % 16;
+        int64_t e = ptr[s], b = 0, i = 0;  // entry of (s, b)'s i-th
+        for (int64_t p = crow[r]; p < crow[r + 1]; ++p) {
+            const int64_t c = index_bytes == 2 ? ((const uint16_t*)col)[p] : ((const int32_t*)col)[p];
+            for (; b < c / 32; ++b, i = 0) e += depth[s * nb + b];
+            idx[(e + i) * 16 + lane] = (uint8_t)(c % 32);
+            std::memcpy((char*)bval + ((e + i) * 16 + lane) * value_bytes, (const char*)val + p * value_bytes,
+                        value_bytes);
+            ++i;
         }
     }
     return 0;
