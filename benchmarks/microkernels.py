@@ -1,5 +1,5 @@
 """The kernels' two inner loops in isolation (``benchmarks/microkernels/*.cpp``), for the per-core rates and
-ceilings that the inference numbers are read against: the batch-1 SELL-8 product (non-zeros per cycle) and
+ceilings that the inference numbers are read against: the batch-1 SELL-8 product (entries per cycle; with the AVX-512 block-permute loop on CPUs that have it) and
 the sparse x dense panel product (multiply-adds per cycle), each against variants that were tried; and, for
 the dense side of the comparison, PyTorch's BLAS on the decoder's dense GEMM (2,048 x 650 x 10,000) on one
 thread.

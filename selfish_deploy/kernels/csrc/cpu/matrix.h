@@ -282,8 +282,8 @@ static inline void dense_group(const float* w, int64_t cols, const float* X, int
 // The block-permute product (sd_matrix's bp_*) of slice s (16 positions) with a contiguous x of `cols` floats
 // into out[0, 16): lane l is position l's sum over its entries in the stored order, one FMA each, padding adding
 // exact zeros: rows8's sums bit for bit. x's last block is read with a mask (nothing past cols). The loop alone,
-// the reference model's W_hh (2,600 x 650) on one Zen 4 core: 2.75 non-zeros per cycle at density 0.1 against
-// SELL-8's 1.47 (3.80 against 1.61 at 0.33; benchmarks/microkernels.py).
+// the reference model's W_hh (2,600 x 650) on one Zen 4 core (`benchmarks/microkernels.py --only spmv_b1`):
+// 1.85x rows8's pace at density 0.1, 2.34x at 0.33, 1.57x at 0.05 (deeper blocks pad less).
 #define SD_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 SD_AVX512 static inline __m512 load16_values(const float* v) { return _mm512_loadu_ps(v); }
 SD_AVX512 static inline __m512 load16_values(const _Float16* v) {
