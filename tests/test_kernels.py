@@ -153,6 +153,25 @@ def test_decoder(compiled, density, index, values, n):
     assert rel_err(ref["logprobs"], want) < TOL
 
 
+@pytest.mark.parametrize("n,v", [(1, 1), (3, 7), (5, 33), (64, 10000), (2, 100003)])
+def test_logsumexp_rows_equals_pytorch(compiled, n, v):
+    """The dense decoder's log-sum-exp (after PyTorch's GEMM) against torch.logsumexp, row strides included;
+    rows of -inf, +inf and NaN as PyTorch gives them."""
+    g = torch.Generator().manual_seed(n * v)
+    logits = torch.randn(n, v + 3, generator=g) * 8
+    view = logits[:, :v]  # row stride v + 3
+    got = compiled.logsumexp_rows(view)
+    assert rel_err(got, torch.logsumexp(view, -1)) < TOL
+    special = torch.randn(3, v + 40, generator=g)
+    special[0] = -float("inf")
+    special[1, v // 2] = float("inf")
+    special[2, v + 39] = float("nan")
+    assert torch.equal(compiled.logsumexp_rows(special).isnan(), torch.tensor([False, False, True]))
+    assert compiled.logsumexp_rows(special)[:2].tolist() == [-float("inf"), float("inf")]
+    with pytest.raises(ValueError):
+        compiled.logsumexp_rows(torch.randn(5, 6).t())  # columns not contiguous
+
+
 @pytest.mark.parametrize("rows,cols", [(41, 67), (8, 8), (3, 5), (600, 650)])
 def test_dense_layout_at_batch_1(compiled, rows, cols):
     """Matrices the export kept dense, one column (eight rows at a time, a masked tail of columns, fewer than

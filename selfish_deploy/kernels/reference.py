@@ -100,14 +100,15 @@ def onlstm_recurrent(w_hh: Matrix, scale: float, g: torch.Tensor, T: int, B: int
 
 
 def decoder(w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torch.Tensor | None = None,
-            full: bool = False, top1: bool = False) -> dict[str, torch.Tensor]:
+            full: bool = False, top1: bool = False, logsumexp=None) -> dict[str, torch.Tensor]:
     """Log-softmax of ``W X + bias`` per column; returns what was asked among ``target_lp`` (N,),
     ``argmax`` and ``max_lp`` (N,), ``logprobs`` (N, V).
 
     Columns go in equal blocks of at most ``DECODER_BLOCK_BYTES`` of logits, each block's (columns, V)
     contiguous so that the log-sum-exp runs along memory; the outputs are the logits less it.
     (Smaller blocks, to stay in cache, made the GEMM slower than they saved: 262 against 214 ms at 256
-    columns for the reference model's 2,048.)"""
+    columns for the reference model's 2,048.) ``logsumexp``: a function of (columns, V) logits, for the
+    compiled kernels' faster one; default ``torch.logsumexp`` along V."""
     N, V = x.shape[1], w.rows
     weight = w.torch_weight
     parts: dict[str, list[torch.Tensor]] = {}
@@ -120,7 +121,8 @@ def decoder(w: Matrix, bias: torch.Tensor | None, x: torch.Tensor, targets: torc
         else:
             logits = spmm(w, xb, bias).t().contiguous()
         tg = targets[n0:n0 + cols] if targets is not None else None
-        got = decoder_outputs(logits, tg, full, top1, lse=torch.logsumexp(logits, dim=-1))
+        lse = logsumexp(logits) if logsumexp is not None else torch.logsumexp(logits, dim=-1)
+        got = decoder_outputs(logits, tg, full, top1, lse=lse)
         for k, v in got.items():
             parts.setdefault(k, []).append(v)
     return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()}

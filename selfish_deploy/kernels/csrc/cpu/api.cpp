@@ -21,6 +21,7 @@
                             int64_t, float*, float*, int64_t, int);                                         \
     int decoder_entry(const sd_matrix*, const float*, const float*, int64_t, int64_t, const int64_t*,       \
                       float*, int64_t*, float*, float*, int);                                               \
+    int logsumexp_rows_entry(const float*, int64_t, int64_t, int64_t, float*, int);                         \
     int onlstm_recurrent_entry(const sd_matrix*, float, const float*, int64_t, int64_t, int64_t, int64_t,     \
                                float*, float*, float*, int64_t, int);                                       \
     int onlstm_step_entry(const sd_onlstm*, int64_t, const float* const*, const float* const*, float* const*, \
@@ -270,6 +271,10 @@ int sd_rhn_recurrent(const sd_matrix* R, int L, const float* const* bias, const 
 int sd_decoder(const sd_matrix* W, const float* bias, const float* X, int64_t ldx, int64_t N, const int64_t* targets,
                float* target_lp, int64_t* argmax, float* max_lp, float* out, int nt) {
     return DISPATCH(decoder_entry(W, bias, X, ldx, N, targets, target_lp, argmax, max_lp, out, nt));
+}
+
+int sd_logsumexp_rows(const float* L, int64_t N, int64_t V, int64_t ld, float* lse, int nt) {
+    return DISPATCH(logsumexp_rows_entry(L, N, V, ld, lse, nt));
 }
 
 int sd_stack_step(const sd_stack* S, int64_t id, const float* const* h_in, const float* const* c_in,
