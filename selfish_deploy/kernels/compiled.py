@@ -181,7 +181,8 @@ class CompiledKernels:
 
     @property
     def name(self) -> str:
-        return f"compiled-cpu ({self.isa})"
+        extra = ", avx512 block-permute" if self.lib.sd_has_avx512() and BLOCK_PERMUTE else ""
+        return f"compiled-cpu ({self.isa}{extra})"
 
     @property
     def isa(self) -> str:
