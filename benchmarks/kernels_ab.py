@@ -5,8 +5,8 @@ The baseline is one of:
 
 - ``--baseline-library PATH``: another build of the kernels library (for example a copy of
   ``selfish_deploy/kernels/_cpu*.so`` taken before a change; the two must share the ABI version);
-- ``--baseline dense-batch1-off``: this build with the dense batch-1 copy of recurrent matrices turned off
-  (``kernels.compiled.DENSE_BATCH1``), so SELL-8 everywhere;
+- ``--baseline dense-batch1-off``: the dense batch-1 copy of recurrent matrices (``kernels.compiled.DENSE_BATCH1``)
+  against SELL-8 everywhere, both without the block-permute copy (which, on AVX-512 CPUs, replaces both);
 - ``--baseline block-permute-off``: this build with the AVX-512 block-permute copy of batch-1 recurrences
   turned off (``kernels.compiled.BLOCK_PERMUTE``), so SELL-8 there (on CPUs without AVX-512 both are SELL-8);
 - ``--baseline blas-batch``: this build as it is ("old": dense recurrences of ``kernels.compiled.BLAS_BATCH``
@@ -92,8 +92,9 @@ def main() -> None:
     # name -> ((the dense batch-1 threshold, the BLAS batch, block-permute) it runs with, the library it loads from)
     off = 2.0 if args.baseline == "dense-batch1-off" else DENSE_BATCH1  # 2.0: no matrix is that dense
     never = 1 << 30 if args.baseline == "blas-batch" else BLAS_BATCH  # no batch that large
-    bp_old = BLOCK_PERMUTE and args.baseline != "block-permute-off"
-    variants = {"new": ((DENSE_BATCH1, never, BLOCK_PERMUTE), None),
+    bp_old = BLOCK_PERMUTE and args.baseline not in ("block-permute-off", "dense-batch1-off")
+    bp_new = BLOCK_PERMUTE and args.baseline != "dense-batch1-off"
+    variants = {"new": ((DENSE_BATCH1, never, bp_new), None),
                 "old": ((off, BLAS_BATCH, bp_old), args.baseline_library)}
     engines = {}
 

@@ -7,6 +7,7 @@ Python exception, never memory corruption. Outputs may be passed in (``out=``) f
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -108,8 +109,10 @@ def _cols(x: torch.Tensor, name: str, rows: int) -> int:
     return x.stride(0) if x.shape[0] > 1 else max(1, x.shape[1])
 
 
+@functools.cache
 def has_avx512() -> bool:
-    """Whether the loaded library runs the AVX-512 block-permute products on this CPU."""
+    """Whether the loaded library runs the AVX-512 block-permute products on this CPU (once per process, as the
+    library's own choice of instruction set)."""
     from .loader import load
 
     lib, _ = load()
