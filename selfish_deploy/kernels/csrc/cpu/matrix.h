@@ -453,10 +453,10 @@ static inline void each_row_cols(const Csr<I, V>& W, int64_t p0, int64_t p1, con
 
 // The same sums for 8 * NV consecutive columns of X at once (lanes are columns). A CSR row of 32 or 64 columns
 // also prefetches the X row of the entry PANEL_AHEAD on (in the rows after this one near its end: callers go
-// through rows in order), which the hardware cannot guess: the loop alone 1.08x as fast at density 0.1 and
-// 1.16x at 0.33 (10,000 x 650, 64 columns, one Zen 4 core; within the row only: 1.00x and 1.14x); scoring
-// 32 x 64 tokens 1.02-1.06x (`kernels_ab.py`). Not in dot_block2 (a batch recurrence's pairs of gate rows):
-// 0.97-0.98x there.
+// through rows in order), which the hardware cannot guess: the loop alone 1.04x as fast at density 0.1 and
+// 1.14x at 0.33 (10,000 x 650, 64 columns, one Zen 4 core: `benchmarks/microkernels.py --only spmm_panel`);
+// scoring 32 x 64 tokens 1.02-1.06x (`kernels_ab.py`). Not in dot_block2 (a batch recurrence's pairs of gate
+// rows): 0.97-0.98x there.
 constexpr int64_t PANEL_AHEAD = 16;
 template <int NV, class Row>
 static inline void dot_block(const Row& row, const float* X, int64_t ldx, vf8* acc) {
