@@ -280,7 +280,10 @@ static inline void dense_group(const float* w, int64_t cols, const float* X, int
     for (int q = 0; q < NV; ++q) vstore(out + 8 * q, acc[q]);
 }
 
-#if SD_AVX2
+// Built by GCC only: clang's `#pragma clang attribute push` of the AVX2 target (isa_avx2.cpp) beside these
+// functions' own AVX-512 target is untested (sd_has_avx512 then reports 0 and no copy is built).
+#if SD_AVX2 && !defined(__clang__)
+#define SD_BLOCK_PERMUTE 1
 // The block-permute product (sd_matrix's bp_*) of slice s (16 positions) with a contiguous x of `cols` floats
 // into out[0, 16): lane l is position l's sum over its entries in the stored order, one FMA each, padding adding
 // exact zeros: rows8's sums bit for bit. x's last block is read with a mask (nothing past cols). The loop alone,
@@ -329,7 +332,7 @@ SD_AVX512 __attribute__((noinline)) static void bp_rows16(
 // copy up to the end of p's group (or of its block, or `end`). Position i's row is W.row_at(i).
 template <class I, class V>
 static inline int64_t rows_b1(const Csr<I, V>& W, int64_t p, int64_t end, const float* X, int64_t ldx, float* out) {
-#if SD_AVX2
+#if SD_BLOCK_PERMUTE
     if (W.bp_ptr && ldx == 1) {
         int64_t in;
         const int64_t s = piece_of(p, W.sell_block, 16, &in);
