@@ -463,7 +463,7 @@ def test_batch1_recurrences_give_the_same_bits_through_every_copy(monkeypatch, v
     """A batch-1 recurrence multiplies by the block-permute copy (AVX-512 CPUs), else by the dense copy (from
     DENSE_BATCH1 on), else by SELL-8: LSTM, RHN and ON-LSTM recurrences give the same bits every way, on two
     threads (H = 100: partial slices of 16, groups of 32 and column blocks of 32 at every block's end); each
-    way builds only its copy."""
+    way builds only its copies."""
     from selfish_deploy.kernels import compiled as compiled_mod
 
     k = kernels_for("cpu", 2)
@@ -483,17 +483,19 @@ def test_batch1_recurrences_give_the_same_bits_through_every_copy(monkeypatch, v
                 k.rhn_recurrent(rhn, [None, torch.ones(2 * H), -torch.ones(2 * H)], x(2 * H), T, 1, h,
                                 out=poisoned(H, T))[0],
                 k.onlstm_recurrent(onlstm, 0.5, x(onlstm.rows), T, 1, h, c, 10, out=poisoned(H, T))[0]]
-        built = [(bool(m._bp), bool(m._dense1)) for m in (lstm, rhn[0], onlstm)]
+        built = [(bool(m._bp), bool(m._dense1), bool(m._sell)) for m in (lstm, rhn[0], onlstm)]
         return outs, built
 
     try:
-        avx512 = compiled_mod.has_avx512()
+        avx512, dense = compiled_mod.has_avx512(), density >= compiled_mod.DENSE_BATCH1
         permuted, built = run(True, compiled_mod.DENSE_BATCH1)
-        assert built == [(avx512, not avx512 and density >= compiled_mod.DENSE_BATCH1)] * 3
+        # in gate blocks (LSTM, RHN) the block-permute copy replaces SELL-8; ON-LSTM's one block keeps both
+        assert built == [(avx512, not avx512 and dense, not avx512 and not dense)] * 2 + [
+            (avx512, not avx512 and dense, avx512 or not dense)]
         dense_way, built = run(False, compiled_mod.DENSE_BATCH1)
-        assert built == [(False, density >= compiled_mod.DENSE_BATCH1)] * 3
+        assert built == [(False, dense, not dense)] * 3
         sell_way, built = run(False, 2.0)
-        assert built == [(False, False)] * 3
+        assert built == [(False, False, True)] * 3
         for a, b, c in zip(permuted, dense_way, sell_way):
             assert not a.isnan().any() and torch.equal(a, c) and torch.equal(b, c)
     finally:
@@ -524,12 +526,13 @@ def test_a_column_does_not_depend_on_its_batch():
             assert torch.equal(dec[j], alone["logprobs"][0])
             assert all(torch.equal(scored[key][j], alone[key][0]) for key in ("target_lp", "argmax", "max_lp"))
     w_hh, _ = weight(4 * 80, 80, 0.3, seed=2)
-    g, h, c = torch.randn(320, 5 * 9), torch.randn(80, 9), torch.randn(80, 9)
-    out, _, _ = k.recurrent("lstm", w_hh, None, g, 5, 9, h, c)
-    for b in (0, 8):
-        one, _, _ = k.recurrent("lstm", w_hh, None, g.view(320, 5, 9)[:, :, b].contiguous(), 5, 1,
-                                h[:, b:b + 1].contiguous(), c[:, b:b + 1].contiguous())
-        assert torch.equal(out.view(80, 5, 9)[:, :, b], one)
+    for B in (3, 4, 9):  # 2-4 sequences through SELL-8 or the block-permute copy, 9 in row-wise passes
+        g, h, c = torch.randn(320, 5 * B), torch.randn(80, B), torch.randn(80, B)
+        out, _, _ = k.recurrent("lstm", w_hh, None, g, 5, B, h, c)
+        for b in (0, B - 1):
+            one, _, _ = k.recurrent("lstm", w_hh, None, g.view(320, 5, B)[:, :, b].contiguous(), 5, 1,
+                                    h[:, b:b + 1].contiguous(), c[:, b:b + 1].contiguous())
+            assert torch.equal(out.view(80, 5, B)[:, :, b], one)
 
 
 @needs_compiled

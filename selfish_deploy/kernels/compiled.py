@@ -26,10 +26,11 @@ BLAS_BATCH = 16
 # The same bits either way.
 DENSE_BATCH1 = 0.15
 # On CPUs with AVX-512, a batch-1 recurrence on a sparse matrix gets the block-permute copy instead (matrix.h,
-# bp_*, beside SELL-8), whatever its density: one permute per 16 entries instead of SELL's loads and shuffles,
-# the same bits. `benchmarks/kernels_ab.py` (reference model, 2 threads, Zen 4): the 2,000-token trunk 1.49x
-# faster than SELL-8 at density 0.1; 1.56x and 1.19x faster than the dense copy at 0.2 and 0.33. Off: SELL-8
-# or the dense copy as above (for A/B runs: `--baseline block-permute-off`).
+# bp_*), whatever its density: one permute per 16 entries instead of SELL's loads and shuffles, the same bits.
+# `benchmarks/kernels_ab.py` (reference model, 2 threads, Zen 4): the 2,000-token trunk 1.49x faster than
+# SELL-8 at density 0.1; 1.56x and 1.19x faster than the dense copy at 0.2 and 0.33. In gate blocks it
+# replaces SELL-8 for generation steps and 2-4 columns too (the step 1.12-1.18x faster, +1.7 MiB). Off:
+# SELL-8 or the dense copy as above (for A/B runs: `--baseline block-permute-off`).
 BLOCK_PERMUTE = True
 
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
@@ -123,9 +124,12 @@ def struct(w: Matrix, block_rows: int | None = None, recurrence: bool = False) -
     """The C view of ``w``, with its batch-1 copy in blocks of ``block_rows`` rows (default: all rows; 0: none,
     for ops that never take one column at a time): SELL-8; for a batch-1 ``recurrence``, with ``BLOCK_PERMUTE``
     on an AVX-512 CPU, SELL-8 and the block-permute copy, else on a matrix of density ``DENSE_BATCH1`` or more
-    the dense copy."""
+    the dense copy. In gate blocks (``block_rows`` < rows: a recurrent layer's W_hh or W_ih, used by
+    recurrences and generation steps at 1-4 columns) on such a CPU, the block-permute copy alone, whatever the
+    use: it serves those products faster than SELL-8 in about as many bytes (1.1-1.45x)."""
     block_rows = w.rows if block_rows is None else block_rows
-    bp = bool(block_rows) and recurrence and w.is_sparse and BLOCK_PERMUTE and has_avx512()
+    gates = 0 < block_rows < w.rows
+    bp = bool(block_rows) and (recurrence or gates) and w.is_sparse and BLOCK_PERMUTE and has_avx512()
     dense1 = (bool(block_rows) and recurrence and w.is_sparse and not bp
               and w.nnz >= DENSE_BATCH1 * w.rows * w.cols)
     key = (block_rows, dense1, bp)
@@ -137,6 +141,8 @@ def struct(w: Matrix, block_rows: int | None = None, recurrence: bool = False) -
                 raise ValueError(f"unsupported CSR dtypes {w.col.dtype}/{w.values.dtype}")
             if dense1:
                 ptr, col, val, perm = None, None, w.dense_batch1(block_rows).data_ptr(), None
+            elif bp and gates:  # no SELL copy: the positions' order only
+                ptr, col, val, perm = None, None, None, w.sell_perm(block_rows).data_ptr()
             else:
                 ptr, col, val, perm = [t.data_ptr() for t in w.sell(block_rows)] if block_rows else [None] * 4
             bps = [t.data_ptr() for t in w.block_permute(block_rows)] if bp else [None] * 4

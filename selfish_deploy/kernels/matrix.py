@@ -68,6 +68,7 @@ class Matrix:
         self._sell: dict[int, tuple] = {}
         self._dense1: dict[int, torch.Tensor] = {}
         self._bp: dict[int, tuple] = {}
+        self._perm: dict[int, torch.Tensor] = {}
         self._struct: dict[int, object] = {}  # ctypes views by SELL block height (compiled.py)
 
     @property
@@ -85,8 +86,8 @@ class Matrix:
     def nbytes(self) -> int:
         if self.dense is not None:
             return self.dense.numel() * 4
-        parts = [self.crow, self.col, self.values, *(t for sell in self._sell.values() for t in sell),
-                 *self._dense1.values(), *(t for bp in self._bp.values() for t in bp)]
+        parts = [self.crow, self.col, self.values, *(t for sell in self._sell.values() for t in sell[:3]),
+                 *self._perm.values(), *self._dense1.values(), *(t for bp in self._bp.values() for t in bp)]
         return sum(t.numel() * t.element_size() for t in parts)
 
     def sell(self, block_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,16 +104,27 @@ class Matrix:
             self._sell[block_rows] = self._build_sell(block_rows)
         return self._sell[block_rows]
 
+    def sell_perm(self, block_rows: int) -> torch.Tensor:
+        """The SELL positions' rows (int32): each window of ``sell_sigma`` rows within blocks of ``block_rows``
+        sorted by length, longest first; shared by the SELL-8 and block-permute copies. Built once per height."""
+        if block_rows not in self._perm:
+            rows = self.shape[0]
+            if rows % block_rows:
+                raise ValueError(f"block of {block_rows} rows does not divide {rows} rows")
+            lib, p = _library("the SELL-8 layout"), ctypes.c_void_p
+            perm = torch.empty(rows, dtype=torch.int32)
+            if lib.sd_sell_perm(p(self.crow.data_ptr()), rows, block_rows, sell_sigma(rows, block_rows),
+                                p(perm.data_ptr())):
+                raise ValueError(f"no SELL layout for {rows} rows in blocks of {block_rows}")
+            self._perm[block_rows] = perm
+        return self._perm[block_rows]
+
     def _build_sell(self, bh: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = self.shape[0]
-        if rows % bh:
-            raise ValueError(f"block of {bh} rows does not divide {rows} rows")
         lib, p = _library("the SELL-8 layout"), ctypes.c_void_p
+        perm = self.sell_perm(bh)
         n_slices = (rows // bh) * ((bh + 7) // 8)
         ptr = torch.zeros(n_slices + 1, dtype=torch.long)
-        perm = torch.empty(rows, dtype=torch.int32)
-        if lib.sd_sell_perm(p(self.crow.data_ptr()), rows, bh, sell_sigma(rows, bh), p(perm.data_ptr())):
-            raise ValueError(f"no SELL layout for {rows} rows in blocks of {bh}")
         lib.sd_sell_offsets(p(self.crow.data_ptr()), p(perm.data_ptr()), rows, bh, p(ptr.data_ptr()))
         total = int(ptr[-1])
         col = torch.zeros(total, dtype=self.col.dtype)
@@ -133,7 +145,7 @@ class Matrix:
         once per height. About 1.5x SELL's bytes at density 0.1 (padding to the deepest lane of each block)."""
         if block_rows not in self._bp:
             rows, cols = self.shape
-            perm = self.sell(block_rows)[3]
+            perm = self.sell_perm(block_rows)
             lib, p = _library("the block-permute copy"), ctypes.c_void_p
             n_slices = rows // block_rows * -(-block_rows // 16)
             nb = -(-cols // 32)

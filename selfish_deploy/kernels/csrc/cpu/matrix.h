@@ -325,6 +325,39 @@ SD_AVX512 __attribute__((noinline)) static void bp_rows16(
     }
     _mm512_storeu_ps(out, acc);
 }
+// bp_rows16 for NC (2-4) columns at once: XT holds them one after another (column q at XT + q * ldt, cols
+// floats each); every entry's indices and values are read once for all NC, and each column has its own two
+// registers of x and its own chain: out[q * 16 + l] is bp_rows16's sum for column q, bit for bit.
+template <int NC, class V>
+SD_AVX512 __attribute__((noinline)) static void bp_rows16_cols(
+        const int64_t* ptr, const uint8_t* depth, const uint8_t* idx, const V* val, int64_t s, int64_t cols,
+        const float* XT, int64_t ldt, float* out) {
+    const int64_t nb = (cols + 31) / 32, full = cols / 32;
+    const uint8_t* dp = depth + s * nb;
+    const uint8_t* ip = idx + ptr[s] * 16;
+    const V* vp = val + ptr[s] * 16;
+    __m512 acc[NC];
+    for (int q = 0; q < NC; ++q) acc[q] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __mmask16 m0 = 0xffff, m1 = 0xffff;
+        if (b >= full) {
+            const int64_t rem = cols - 32 * b;
+            m0 = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+            m1 = rem > 16 ? (__mmask16)((1u << (rem - 16)) - 1) : 0;
+        }
+        __m512 t0[NC], t1[NC];
+        for (int q = 0; q < NC; ++q) {
+            t0[q] = _mm512_maskz_loadu_ps(m0, XT + q * ldt + 32 * b);
+            t1[q] = _mm512_maskz_loadu_ps(m1, XT + q * ldt + 32 * b + 16);
+        }
+        for (int d = dp[b]; d > 0; --d, ip += 16, vp += 16) {
+            const __m512i id = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)ip));
+            const __m512 v = load16_values(vp);
+            for (int q = 0; q < NC; ++q) acc[q] = _mm512_fmadd_ps(v, _mm512_permutex2var_ps(t0[q], id, t1[q]), acc[q]);
+        }
+    }
+    for (int q = 0; q < NC; ++q) _mm512_storeu_ps(out + 16 * q, acc[q]);
+}
 #endif
 
 // Batch 1: positions p .. p + n - 1 of W (p a multiple of 8 within its block) times one column of X into
@@ -342,6 +375,10 @@ static inline int64_t rows_b1(const Csr<I, V>& W, int64_t p, int64_t end, const 
         }
     }
 #endif
+    if (!W.dense1 && !W.sell_ptr) {  // only the block-permute copy, and p not at one of its slices: the CSR row
+        out[0] = dot1(W.row(W.row_at(p)), X, ldx);
+        return 1;
+    }
     if (!W.dense1) {
         rows8(W, p, X, ldx, out);
         return std::min<int64_t>(8, end - p);
@@ -434,22 +471,54 @@ static inline void with_small_n(int64_t nc, F&& f) {
 template <class M>
 static inline bool sell_cols(const M& W, int64_t nc) {
     if constexpr (std::is_same<M, Dense>::value) return false;
-    else return nc >= 2 && nc <= SMALL_N && W.sell_ptr;
+    else return nc >= 2 && nc <= SMALL_N && (W.sell_ptr || W.bp_ptr);
 }
 
 // each_row_b1 for nc (2-4) columns packed in X4 (pack4): SELL positions [p0, p1) (p0 a multiple of 8 in its
-// block, p1 the end of a window or block) through rows8_cols, f(row, q, sum) for each row and column q.
+// block, p1 the end of a window or block) through rows8_cols, or slices of 16 through bp_rows16_cols where the
+// matrix has the block-permute copy (then perhaps no SELL copy: a position off its slices is summed from the
+// CSR row, in the same order), f(row, q, sum) for each row and column q.
 template <class I, class V, class F>
 static inline void each_row_cols(const Csr<I, V>& W, int64_t p0, int64_t p1, const float* X4, int64_t nc, F&& f) {
     with_small_n(nc, [&](auto n) {
         constexpr int NC = decltype(n)::value;
-        for (int64_t p = p0; p < p1; p += 8) {
+#if SD_BLOCK_PERMUTE
+        std::vector<float> xt(W.bp_ptr ? NC * W.cols : 0);  // the columns one after another, as bp_rows16_cols reads
+        for (int64_t k = 0; k < (int64_t)xt.size() / NC; ++k)
+            for (int q = 0; q < NC; ++q) xt[q * W.cols + k] = X4[k * 4 + q];
+#endif
+        for (int64_t p = p0; p < p1;) {
+#if SD_BLOCK_PERMUTE
+            if (W.bp_ptr) {
+                int64_t in;
+                const int64_t s = piece_of(p, W.sell_block, 16, &in);
+                if (in % 16 == 0) {
+                    float out[NC * 16];
+                    bp_rows16_cols<NC>(W.bp_ptr, W.bp_depth, W.bp_idx, W.bp_val, s, W.cols, xt.data(), W.cols, out);
+                    const int64_t m = std::min(std::min<int64_t>(16, p1 - p), W.sell_block - in);
+                    for (int64_t k = 0; k < m; ++k) {
+                        const int64_t row = W.row_at(p + k);
+                        for (int q = 0; q < NC; ++q) f(row, q, out[q * 16 + k]);
+                    }
+                    p += m;
+                    continue;
+                }
+            }
+#endif
+            if (!W.sell_ptr) {  // the CSR row, one column after another
+                const int64_t row = W.row_at(p);
+                const auto r = W.row(row);
+                for (int q = 0; q < NC; ++q) f(row, q, dot1(r, X4 + q, 4));
+                ++p;
+                continue;
+            }
             vf8 acc[NC];
             rows8_cols<NC>(W, p, X4, acc);
             for (int k = 0; k < 8 && p + k < p1; ++k) {
                 const int64_t row = W.row_at(p + k);
                 for (int q = 0; q < NC; ++q) f(row, q, acc[q][k]);
             }
+            p += 8;
         }
     });
 }
