@@ -29,7 +29,7 @@ DENSE_BATCH1 = 0.15
 # bp_*), whatever its density: one permute per 16 entries instead of SELL's loads and shuffles, the same bits.
 # `benchmarks/kernels_ab.py` (reference model, 2 threads, Zen 4): the 2,000-token trunk 1.49x faster than
 # SELL-8 at density 0.1; 1.56x and 1.19x faster than the dense copy at 0.2 and 0.33. In gate blocks it
-# replaces SELL-8 for generation steps and 2-4 columns too (the step 1.12-1.18x faster, +1.7 MiB). Off:
+# replaces SELL-8 for generation steps and 2-4 columns too (the step 1.12-1.18x faster; memory: RESULTS.md). Off:
 # SELL-8 or the dense copy as above (for A/B runs: `--baseline block-permute-off`).
 BLOCK_PERMUTE = True
 
