@@ -31,7 +31,8 @@ def main() -> None:
     if not hasattr(kernels, "logsumexp_rows"):
         raise SystemExit("logsumexp.py: the compiled kernels are not built")
     logits = torch.randn(args.rows, args.vocab, generator=torch.Generator().manual_seed(0)) * 4
-    ways = {"torch.logsumexp": lambda: torch.logsumexp(logits, dim=-1), "kernels": lambda: kernels.logsumexp_rows(logits)}
+    ways = {"torch.logsumexp": lambda: torch.logsumexp(logits, dim=-1),
+            "kernels": lambda: kernels.logsumexp_rows(logits)}
     times = {name: [] for name in ways}
     for r in range(args.rounds):
         for name in (ways if r % 2 == 0 else reversed(list(ways))):
