@@ -39,8 +39,8 @@ struct sd_matrix {
     int64_t sell_block;
     const int32_t* sell_perm;
     int64_t sell_sigma;
-    // Optional, beside SELL, for batch-1 products on CPUs with AVX-512 (bp_rows16 below): the block-permute
-    // copy. The SELL positions in slices of 16 within blocks of sell_block rows (slice s = piece_of(p,
+    // Optional, for products of 1-4 columns on CPUs with AVX-512 (bp_rows16 and bp_rows16_cols below): the
+    // block-permute copy, beside SELL or (gate blocks: sell_ptr null, sell_perm set) instead of it. The SELL positions in slices of 16 within blocks of sell_block rows (slice s = piece_of(p,
     // sell_block, 16)), each slice's entries grouped by blocks of 32 columns: for block b, bp_depth[s * nb + b]
     // entries (nb = ceil(cols / 32)), each 16 lanes of (column within the block, value) at
     // bp_idx/bp_val[(bp_ptr[s] + e) * 16 + lane]; a lane's entries in the row's stored order, padding column 0,
