@@ -40,14 +40,20 @@ def faults(*args: str) -> int:
     return int(out.stdout.split()[-1])
 
 
+PAGES = 3 * 3 * (20 << 20) // 4096  # three calls of 60 MB
+# Kept memory is reused, but not always to the page: on a loaded machine another thread's small allocation can
+# land between the freed blocks once and split them, and one 20 MB block (5,120 pages) is faulted in afresh
+# (seen under `pytest -n 2`). Reuse means most of it: under a quarter of what the defaults fault in.
+REUSED = PAGES // 4
+
+
 def test_glibc_defaults_fault_freed_activations_in_again_and_keep_freed_does_not():
-    pages = 3 * 3 * (20 << 20) // 4096  # three calls of 60 MB
-    assert faults("default") > pages // 2  # the baseline this module exists for (not a property of ours)
-    assert faults("keep") < 200
+    assert faults("default") > PAGES // 2  # the baseline this module exists for (not a property of ours)
+    assert faults("keep") < REUSED
 
 
 def test_a_loaded_engine_keeps_freed_memory(tiny_export):
-    assert faults("engine", str(tiny_export)) < 200
+    assert faults("engine", str(tiny_export)) < REUSED
 
 
 def test_keep_freed_leaves_a_users_own_glibc_settings_alone(monkeypatch):
