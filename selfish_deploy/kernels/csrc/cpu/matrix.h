@@ -288,7 +288,7 @@ static inline void dense_group(const float* w, int64_t cols, const float* X, int
 // into out[0, 16): lane l is position l's sum over its entries in the stored order, one FMA each, padding adding
 // exact zeros: rows8's sums bit for bit. x's last block is read with a mask (nothing past cols). The loop alone,
 // the reference model's W_hh (2,600 x 650) on one Zen 4 core (`benchmarks/microkernels.py --only spmv_b1`):
-// 1.85x rows8's pace at density 0.1, 2.34x at 0.33, 1.57x at 0.05 (deeper blocks pad less).
+// 1.76x rows8's pace at density 0.1, 2.33x at 0.33, 1.60x at 0.05 (deeper blocks pad less).
 #define SD_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 SD_AVX512 static inline __m512 load16_values(const float* v) { return _mm512_loadu_ps(v); }
 SD_AVX512 static inline __m512 load16_values(const _Float16* v) {
@@ -455,6 +455,27 @@ static inline void pack4(const float* X, int64_t ldx, int64_t nc, int64_t rows, 
         for (int q = 0; q < 4; ++q) X4[k * 4 + q] = q < nc ? X[k * ldx + q] : 0.f;
 }
 
+// 2-4 columns of X (rows x nc, row stride ldx) as each_row_cols reads them, packed once per product: four to a
+// row (x4, pack4) for SELL's rows8_cols, and one column after another (xt) for bp_rows16_cols where the matrix
+// has the block-permute copy. The buffers are kept between packs (a recurrence repacks h every step).
+struct SmallCols {
+    std::vector<float> x4, xt;
+    int64_t rows = 0;
+    template <class I, class V>
+    void pack(const Csr<I, V>& W, const float* X, int64_t ldx, int64_t nc, int64_t n_rows) {
+        rows = n_rows;
+        if (W.sell_ptr) {
+            x4.resize(rows * 4);
+            pack4(X, ldx, nc, rows, x4.data());
+        }
+        if (W.bp_ptr) {
+            xt.resize(nc * rows);
+            for (int64_t k = 0; k < rows; ++k)
+                for (int64_t q = 0; q < nc; ++q) xt[q * rows + k] = X[k * ldx + q];
+        }
+    }
+};
+
 // f(std::integral_constant<int, nc>) for 2 <= nc <= SMALL_N (the column counts rows8_cols serves).
 constexpr int SMALL_N = 4;
 template <class F>
@@ -474,19 +495,15 @@ static inline bool sell_cols(const M& W, int64_t nc) {
     else return nc >= 2 && nc <= SMALL_N && (W.sell_ptr || W.bp_ptr);
 }
 
-// each_row_b1 for nc (2-4) columns packed in X4 (pack4): SELL positions [p0, p1) (p0 a multiple of 8 in its
-// block, p1 the end of a window or block) through rows8_cols, or slices of 16 through bp_rows16_cols where the
-// matrix has the block-permute copy (then perhaps no SELL copy: a position off its slices is summed from the
-// CSR row, in the same order), f(row, q, sum) for each row and column q.
+// each_row_b1 for nc (2-4) columns packed in X (SmallCols::pack for W): SELL positions [p0, p1) (p0 a multiple
+// of 8 in its block, p1 the end of a window or block) through rows8_cols, or slices of 16 through
+// bp_rows16_cols where the matrix has the block-permute copy (then perhaps no SELL copy: a position off its
+// slices, which no caller makes, is summed from the CSR row in the same order), f(row, q, sum) for each row
+// and column q.
 template <class I, class V, class F>
-static inline void each_row_cols(const Csr<I, V>& W, int64_t p0, int64_t p1, const float* X4, int64_t nc, F&& f) {
+static inline void each_row_cols(const Csr<I, V>& W, int64_t p0, int64_t p1, const SmallCols& X, int64_t nc, F&& f) {
     with_small_n(nc, [&](auto n) {
         constexpr int NC = decltype(n)::value;
-#if SD_BLOCK_PERMUTE
-        std::vector<float> xt(W.bp_ptr ? NC * W.cols : 0);  // the columns one after another, as bp_rows16_cols reads
-        for (int64_t k = 0; k < (int64_t)xt.size() / NC; ++k)
-            for (int q = 0; q < NC; ++q) xt[q * W.cols + k] = X4[k * 4 + q];
-#endif
         for (int64_t p = p0; p < p1;) {
 #if SD_BLOCK_PERMUTE
             if (W.bp_ptr) {
@@ -494,7 +511,8 @@ static inline void each_row_cols(const Csr<I, V>& W, int64_t p0, int64_t p1, con
                 const int64_t s = piece_of(p, W.sell_block, 16, &in);
                 if (in % 16 == 0) {
                     float out[NC * 16];
-                    bp_rows16_cols<NC>(W.bp_ptr, W.bp_depth, W.bp_idx, W.bp_val, s, W.cols, xt.data(), W.cols, out);
+                    bp_rows16_cols<NC>(W.bp_ptr, W.bp_depth, W.bp_idx, W.bp_val, s, W.cols, X.xt.data(), X.rows,
+                                       out);
                     const int64_t m = std::min(std::min<int64_t>(16, p1 - p), W.sell_block - in);
                     for (int64_t k = 0; k < m; ++k) {
                         const int64_t row = W.row_at(p + k);
@@ -508,12 +526,12 @@ static inline void each_row_cols(const Csr<I, V>& W, int64_t p0, int64_t p1, con
             if (!W.sell_ptr) {  // the CSR row, one column after another
                 const int64_t row = W.row_at(p);
                 const auto r = W.row(row);
-                for (int q = 0; q < NC; ++q) f(row, q, dot1(r, X4 + q, 4));
+                for (int q = 0; q < NC; ++q) f(row, q, dot1(r, X.xt.data() + q * X.rows, 1));
                 ++p;
                 continue;
             }
             vf8 acc[NC];
-            rows8_cols<NC>(W, p, X4, acc);
+            rows8_cols<NC>(W, p, X.x4.data(), acc);
             for (int k = 0; k < 8 && p + k < p1; ++k) {
                 const int64_t row = W.row_at(p + k);
                 for (int q = 0; q < NC; ++q) f(row, q, acc[q][k]);
