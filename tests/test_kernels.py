@@ -430,7 +430,7 @@ def test_block_permute_layout_holds_every_entry_once_in_its_lane(rows, cols, blo
     its deepest lane's count; padding is column 0, value 0; nothing else."""
     w, dense = weight(rows, cols, 0.3, seed=rows + cols, index=index, values=values)
     ptr, depth, idx, val = w.block_permute(block)
-    perm = w.sell(block)[3].long()
+    perm = w.sell_perm(block).long()
     nb, per_block = -(-cols // 32), -(-block // 16)
     assert depth.shape == (rows // block * per_block, nb) and ptr[0] == 0
     assert torch.equal(ptr.diff(), depth.long().sum(1))
@@ -623,9 +623,13 @@ def test_generic_instruction_set_passes_the_kernel_grid():
     assert " passed" in r.stdout
 
 
-@needs_compiled
-@pytest.mark.skipif(not kernels.compiled_available() or not __import__(
-    "selfish_deploy.kernels.compiled", fromlist=["has_avx512"]).has_avx512(), reason="no AVX-512 block-permute here")
+def block_permute_here() -> bool:
+    from selfish_deploy.kernels.compiled import has_avx512
+
+    return kernels.compiled_available() and has_avx512()
+
+
+@pytest.mark.skipif(not block_permute_here(), reason="no AVX-512 block-permute here")
 def test_avx2_instruction_set_passes_the_kernel_grid():
     """On an AVX-512 CPU the batch-1 recurrences run the block-permute copy; SELFISH_KERNELS_ISA=avx2 turns it
     off, so this file's recurrence tests run again in a subprocess on SELL-8 and the dense copy (what CPUs

@@ -58,9 +58,9 @@ def report() -> dict:
     info = {"compiled_cpu": lib is not None, "status": how, "ops": ops,
             "reference": "PyTorch (torch.sparse CSR; cuSPARSE on CUDA)", "cuda": torch.cuda.is_available()}
     if lib is not None:
-        from .compiled import CompiledKernels
+        from .compiled import CompiledKernels, has_avx512
 
         k = CompiledKernels(lib)
         info.update(isa=k.isa, build=k.build, cpu_features=k.cpu_features(), max_threads=lib.sd_max_threads(),
-                    avx512_block_permute=bool(lib.sd_has_avx512()))
+                    avx512_block_permute=has_avx512())
     return info

@@ -69,8 +69,8 @@ int sd_abi_version() { return 10; }
 // __builtin_cpu_supports checks); SELFISH_KERNELS_ISA=avx2 or generic turns them off.
 int sd_has_avx512() {
 #if defined(SD_X86) && !defined(__clang__)  // clang builds leave the block-permute kernels out (matrix.h)
-    const char* force = std::getenv("SELFISH_KERNELS_ISA");
-    if (!use_avx2() || (force && (std::strcmp(force, "avx2") == 0 || std::strcmp(force, "generic") == 0))) return 0;
+    const char* force = std::getenv("SELFISH_KERNELS_ISA");  // "generic" already turns use_avx2() off
+    if (!use_avx2() || (force && std::strcmp(force, "avx2") == 0)) return 0;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl");
@@ -168,6 +168,11 @@ int sd_sell_fill(const int32_t* crow, const int32_t* perm, const void* col, cons
     return 0;
 }
 
+// Entry p's column in a CSR index array of index_bytes (2: uint16, 4: int32) per entry.
+static inline int64_t column_at(const void* col, int index_bytes, int64_t p) {
+    return index_bytes == 2 ? ((const uint16_t*)col)[p] : ((const int32_t*)col)[p];
+}
+
 // The block-permute copy (see matrix.h, bp_*) of a CSR matrix whose positions are ordered by perm (the SELL
 // copy's): per slice of 16 positions within blocks of `block` rows and per block of 32 columns, depth[s * nb +
 // b] entries (the most non-zeros of one of the slice's rows in those columns), and ptr[s] the slice's first
@@ -177,10 +182,7 @@ int sd_bp_offsets(const int32_t* crow, const int32_t* perm, const void* col, int
                   int64_t cols, int64_t block, uint8_t* depth, int64_t* ptr) {
     if (block <= 0 || rows % block || (index_bytes != 2 && index_bytes != 4)) return 1;
     const int64_t nb = (cols + 31) / 32;
-    auto column = [&](int64_t p) -> int64_t {
-        return index_bytes == 2 ? ((const uint16_t*)col)[p] : ((const int32_t*)col)[p];
-    };
-    std::vector<int64_t> per(nb);
+    std::vector<int64_t> per(nb), count(nb);
     int64_t s = 0;
     ptr[0] = 0;
     for (int64_t b0 = 0; b0 < rows; b0 += block) {
@@ -188,10 +190,10 @@ int sd_bp_offsets(const int32_t* crow, const int32_t* perm, const void* col, int
             std::fill(per.begin(), per.end(), 0);
             for (int64_t q = p0; q < p0 + 16 && q < b0 + block; ++q) {
                 const int64_t r = perm[q];
-                std::vector<int64_t> count(nb, 0);
+                std::fill(count.begin(), count.end(), 0);
                 for (int64_t p = crow[r]; p < crow[r + 1]; ++p) {
-                    if (p > crow[r] && column(p) <= column(p - 1)) return 1;
-                    ++count[column(p) / 32];
+                    if (p > crow[r] && column_at(col, index_bytes, p) <= column_at(col, index_bytes, p - 1)) return 1;
+                    ++count[column_at(col, index_bytes, p) / 32];
                 }
                 for (int64_t b = 0; b < nb; ++b) per[b] = std::max(per[b], count[b]);
             }
@@ -218,7 +220,7 @@ int sd_bp_fill(const int32_t* crow, const int32_t* perm, const void* col, int in
         const int64_t r = perm[q], within = q % block, s = (q / block) * per_block + within / 16, lane = within % 16;
         int64_t e = ptr[s], b = 0, i = 0;  // entry of (s, b)'s i-th
         for (int64_t p = crow[r]; p < crow[r + 1]; ++p) {
-            const int64_t c = index_bytes == 2 ? ((const uint16_t*)col)[p] : ((const int32_t*)col)[p];
+            const int64_t c = column_at(col, index_bytes, p);
             for (; b < c / 32; ++b, i = 0) e += depth[s * nb + b];
             idx[(e + i) * 16 + lane] = (uint8_t)(c % 32);
             std::memcpy((char*)bval + ((e + i) * 16 + lane) * value_bytes, (const char*)val + p * value_bytes,
@@ -238,7 +240,7 @@ int sd_dense1_fill(const int32_t* crow, const void* col, int index_bytes, const 
     for (int64_t r = 0; r < rows; ++r) {
         const int64_t within = r % block, group = (r / block) * per + within / G, lane = within % G;
         for (int64_t p = crow[r]; p < crow[r + 1]; ++p) {
-            const int64_t c = index_bytes == 2 ? ((const uint16_t*)col)[p] : ((const int32_t*)col)[p];
+            const int64_t c = column_at(col, index_bytes, p);
             float v;
             if (value_type == 0) v = ((const float*)val)[p];
             else if (value_type == 1) v = (float)((const _Float16*)val)[p];
