@@ -20,7 +20,7 @@ Sell make(int64_t rows, int64_t cols, double d, unsigned seed) {
   for (int64_t s0 = 0; s0 < rows; s0 += 8) {
     size_t len = 0; for (int k = 0; k < 8; ++k) len = std::max(len, r[s0 + k].size());
     for (size_t i = 0; i < len; ++i) for (int k = 0; k < 8; ++k) {
-      bool ok = i < r[s0 + k].size(); s.col.push_back(ok ? r[s0 + k][i] : 0); s.val.push_back(ok ? 0.01f * (rand() % 100) : 0.f);
+      bool ok = i < r[s0 + k].size(); s.col.push_back(ok ? r[s0 + k][i] : 0); s.val.push_back(ok ? 0.01f * (rand() % 100 + 1) : 0.f);  // never 0: make_bp reads entries back by value
     }
     s.ptr.push_back(s.col.size());
   }
