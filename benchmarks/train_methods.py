@@ -151,8 +151,11 @@ def previous_results(out: Path, cfg) -> dict | None:
     if not path.exists():
         return None
     stored = json.loads(path.read_text())
-    want = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_RECIPE}
-    have = {k: v for k, v in stored.get("train", {}).items() if k not in _NOT_RECIPE}
+    # dense training forces density 1.0, so a dense run's nominal density (the recipe's, or the CLI's
+    # --density 1.0) is not a difference in what was trained
+    ignore = _NOT_RECIPE | ({"density"} if cfg.method == "dense" else set())
+    want = {k: v for k, v in cfg.to_dict().items() if k not in ignore}
+    have = {k: v for k, v in stored.get("train", {}).items() if k not in ignore}
     if have != want:
         diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
         sys.exit(f"{out} holds a run with other settings ({', '.join(diff)}); pass another --out")
@@ -363,7 +366,9 @@ def main(argv=None) -> int:
                f"Command: `python benchmarks/train_methods.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
                f"\n\n{text}\n")
     if rows:
-        plot = plot_curves(Path(args.out), methods, optimizers, Path(args.results).with_name("train_methods.png"))
+        # one plot per recipe, so that another recipe's table does not replace ptb-cpu's figure
+        stem = "train_methods" + ("" if args.recipe == "ptb-cpu" else f"-{Path(args.recipe).stem}")
+        plot = plot_curves(Path(args.out), methods, optimizers, Path(args.results).with_name(f"{stem}.png"))
         section += f"\n![validation perplexity per epoch]({plot.name})\n"
     append_section(Path(args.results), section)
     log.info("appended to %s", args.results)

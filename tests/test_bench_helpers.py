@@ -1,7 +1,10 @@
 """Helpers of the benchmark scripts that shape what RESULTS.md reports."""
 
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -74,3 +77,23 @@ def test_speed_probe_reports_each_thread_count_and_restores_torchs():
     assert torch.get_num_threads() == before and probes[0][1] > 0
     low = min(probes[0][1], 10.0)
     assert probe_line(probes).endswith(f"2 probes): 1 thread {low:.1f}-{max(probes[0][1], 10.0):.1f}.")
+
+
+def test_previous_results_reuses_a_finished_run_of_the_same_recipe(tmp_path):
+    """A dense run's nominal density does not count (dense forces 1.0); any other difference is refused."""
+    from train_methods import previous_results
+    from selfish_deploy.training.config import TrainConfig
+
+    def stored(cfg, results):
+        (tmp_path / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "results": results}))
+
+    dense_cli = TrainConfig.from_dict({"method": "dense", "density": 1.0, "out": "a"})
+    dense_bench = TrainConfig.from_dict({"method": "dense", "density": 0.45, "out": "b"})
+    stored(dense_cli, {"val_ppl": 100.0, "test_ppl": 97.0})
+    assert previous_results(tmp_path, dense_bench) == {"val_ppl": 100.0, "test_ppl": 97.0}
+    stored(dense_cli, {"val_ppl": 100.0})  # stopped before its test: not finished
+    assert previous_results(tmp_path, dense_bench) is None
+    selfish = TrainConfig.from_dict({"method": "selfish", "density": 0.45})
+    stored(selfish, {"val_ppl": 120.0, "test_ppl": 116.0})
+    with pytest.raises(SystemExit, match="density"):
+        previous_results(tmp_path, TrainConfig.from_dict({"method": "selfish", "density": 0.33}))
