@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from .allocator import keep_freed_memory
+
+keep_freed_memory()  # before torch is imported: set after it, a freed 64 MiB buffer was still faulted in again
+
 import argparse
 import logging
 import sys
