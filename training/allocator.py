@@ -5,7 +5,12 @@ free, so each training step of a large-vocabulary model re-faults its activation
 ``wt2-awd-lstm-mos-cpu`` recipe (about 560 MB of expert log-probabilities per batch) a mixture-of-softmaxes
 forward and backward took 1.29M page faults and 7.3 s, a third of it in the kernel; from the heap it took 0.23M
 and 5.1 s (``benchmarks/RESULTS.md``). Same numbers, only the allocator's policy changes. Skipped where the user
-already chose (a ``MALLOC_*`` variable, another allocator preloaded) and outside glibc."""
+already chose (a ``MALLOC_*`` variable, another allocator preloaded) and outside glibc.
+
+The runtime's ``selfish_deploy.runtime.heap.keep_freed`` is the serving side's milder policy (blocks up to glibc's
+32 MiB mmap ceiling, set after load). This one is separate because it must run before torch is imported, which
+importing ``selfish_deploy.runtime`` does: set after the import, a freed 64 MiB buffer was still faulted in again
+at 2 threads (``tests/test_allocator.py``)."""
 from __future__ import annotations
 
 import ctypes
