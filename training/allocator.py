@@ -4,7 +4,8 @@ glibc serves every allocation above its mmap threshold (at most 32 MiB) with a f
 free, so each training step of a large-vocabulary model re-faults its activations page by page: on the
 ``wt2-awd-lstm-mos-cpu`` recipe (about 560 MB of expert log-probabilities per batch) a mixture-of-softmaxes
 forward and backward took 1.29M page faults and 7.3 s, a third of it in the kernel; from the heap it took 0.23M
-and 5.1 s (``benchmarks/RESULTS.md``). Same numbers, only the allocator's policy changes. Skipped where the user
+and 5.1 s (``benchmarks/RESULTS.md``). It takes in some processes only (13 of 24 probes; why is not known yet,
+address randomization is not it), never making things worse. Same numbers, only the allocator's policy changes. Skipped where the user
 already chose (a ``MALLOC_*`` variable, another allocator preloaded) and outside glibc.
 
 The runtime's ``selfish_deploy.runtime.heap.keep_freed`` is the serving side's milder policy (blocks up to glibc's
