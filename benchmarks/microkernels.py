@@ -1,8 +1,9 @@
-"""The kernels' two inner loops in isolation (``benchmarks/microkernels/*.cpp``), for the per-core rates and
-ceilings that the inference numbers are read against: the batch-1 SELL-8 product (entries per cycle; with the AVX-512 block-permute loop on CPUs that have it) and
-the sparse x dense panel product (multiply-adds per cycle), each against variants that were tried; and, for
-the dense side of the comparison, PyTorch's BLAS on the decoder's dense GEMM (2,048 x 650 x 10,000) on one
-thread.
+"""The kernels' inner loops in isolation (``benchmarks/microkernels/*.cpp``), for the per-core rates and
+ceilings that the inference numbers are read against: the batch-1 SELL-8 product (entries per cycle; with the
+AVX-512 block-permute loop on CPUs that have it), the sparse x dense panel product (multiply-adds per cycle)
+and a batch recurrence's products (W_hh times h of 32 columns), each against variants that were tried (in
+AVX-512 builds, 16-lane versions of the same loops); and, for the dense side of the comparison, PyTorch's BLAS
+on the decoder's dense GEMM (2,048 x 650 x 10,000) on one thread.
 
 Compiles each file with the extension's flags (``-O3 -mavx2 -mfma -ffp-contract=off``) into a temporary
 directory and runs it at the given densities on one thread. ``--isa`` adds builds of the same loops for

@@ -1,6 +1,7 @@
 // Sparse x dense panel product (the decoder's and spmm's inner loop) in isolation: a 10,000 x 650 CSR matrix (the
 // reference model's decoder) times a packed 650 x 64 panel of X, the kernels' row-at-a-time loop against
-// blockings that keep X in L1. Run by benchmarks/microkernels.py; arguments: density, clock in GHz.
+// blockings that keep X in L1, and (AVX-512 builds) the same loops in 16-lane vectors. Run by
+// benchmarks/microkernels.py; arguments: density, clock in GHz.
 #include <immintrin.h>
 #include <cstdint>
 #include <cstdio>
@@ -84,6 +85,85 @@ __attribute__((noinline)) void vC(const Csr& W, const float* X, float* Y, std::v
     }
   }
 }
+#ifdef __AVX512F__
+// E: as AP with 16-lane vectors (AVX-512): 4 loads and 4 FMAs per entry instead of 8 and 8
+__attribute__((noinline)) void vE(const Csr& W, const float* X, float* Y) {
+  const int32_t nnz = W.ptr[W.rows];
+  for (int64_t r = 0; r < W.rows; ++r) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int32_t i = W.ptr[r]; i < W.ptr[r + 1]; ++i) {
+      if (i + 16 < nnz) { const char* p = (const char*)(X + W.col[i + 16] * P); for (int k = 0; k < 256; k += 64) __builtin_prefetch(p + k, 0, 3); }
+      __m512 v = _mm512_set1_ps(W.val[i]); const float* x = X + W.col[i] * P; for (int q = 0; q < 4; ++q) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 16 * q), acc[q]);
+    }
+    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(Y + r * P + 16 * q, acc[q]);
+  }
+}
+// F: E with two rows interleaved (8 chains)
+__attribute__((noinline)) void vF(const Csr& W, const float* X, float* Y) {
+  const int32_t nnz = W.ptr[W.rows];
+  int64_t r = 0;
+  for (; r + 2 <= W.rows; r += 2) {
+    __m512 a[4], b[4]; for (int q = 0; q < 4; ++q) a[q] = b[q] = _mm512_setzero_ps();
+    int32_t ia = W.ptr[r], ib = W.ptr[r + 1], ea = W.ptr[r + 1], eb = W.ptr[r + 2];
+    int32_t n = std::min(ea - ia, eb - ib);
+    for (int32_t k = 0; k < n; ++k) {
+      if (ib + k + 16 < nnz) { const char* p = (const char*)(X + W.col[ib + k + 16] * P); for (int j = 0; j < 256; j += 64) __builtin_prefetch(p + j, 0, 3); }
+      __m512 va = _mm512_set1_ps(W.val[ia + k]), vb = _mm512_set1_ps(W.val[ib + k]);
+      const float* xa = X + W.col[ia + k] * P; const float* xb = X + W.col[ib + k] * P;
+      for (int q = 0; q < 4; ++q) { a[q] = _mm512_fmadd_ps(va, _mm512_loadu_ps(xa + 16 * q), a[q]); b[q] = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xb + 16 * q), b[q]); }
+    }
+    for (int32_t k = ia + n; k < ea; ++k) { __m512 v = _mm512_set1_ps(W.val[k]); const float* x = X + W.col[k] * P; for (int q = 0; q < 4; ++q) a[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 16 * q), a[q]); }
+    for (int32_t k = ib + n; k < eb; ++k) { __m512 v = _mm512_set1_ps(W.val[k]); const float* x = X + W.col[k] * P; for (int q = 0; q < 4; ++q) b[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 16 * q), b[q]); }
+    for (int q = 0; q < 4; ++q) { _mm512_storeu_ps(Y + r * P + 16 * q, a[q]); _mm512_storeu_ps(Y + (r + 1) * P + 16 * q, b[q]); }
+  }
+  for (; r < W.rows; ++r) { __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int32_t i = W.ptr[r]; i < W.ptr[r + 1]; ++i) { __m512 v = _mm512_set1_ps(W.val[i]); const float* x = X + W.col[i] * P; for (int q = 0; q < 4; ++q) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 16 * q), acc[q]); }
+    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(Y + r * P + 16 * q, acc[q]); }
+}
+// Dz: D in 16-lane vectors: per chunk of 256 rows, 4 sub-panels of 16 columns (L1), 8 rows at a time in one
+// zmm each (8 chains), each row's entries to the shortest of the 8, then each row's rest alone
+__attribute__((noinline)) void vDz(const Csr& W, const float* Xs, float* Y) {
+  for (int64_t c0 = 0; c0 < W.rows; c0 += CH) {
+    const int64_t c1 = std::min(W.rows, c0 + CH);
+    for (int sp = 0; sp < 4; ++sp) {
+      const float* X = Xs + sp * W.cols * 16;
+      for (int64_t r = c0; r + 8 <= c1; r += 8) {
+        __m512 a[8];
+        const int32_t* p = W.ptr.data() + r;
+        int32_t n = 1 << 30;
+        for (int j = 0; j < 8; ++j) { a[j] = _mm512_setzero_ps(); n = std::min(n, p[j + 1] - p[j]); }
+        for (int32_t k = 0; k < n; ++k)
+          for (int j = 0; j < 8; ++j) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[p[j] + k]), _mm512_loadu_ps(X + W.col[p[j] + k] * 16), a[j]);
+        for (int j = 0; j < 8; ++j) {
+          for (int32_t k = p[j] + n; k < p[j + 1]; ++k) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[k]), _mm512_loadu_ps(X + W.col[k] * 16), a[j]);
+          _mm512_storeu_ps(Y + (r + j) * P + sp * 16, a[j]);
+        }
+      }
+    }
+  }
+}
+// Dz4: as Dz, 4 rows at a time (4 chains, shorter tails)
+__attribute__((noinline)) void vDz4(const Csr& W, const float* Xs, float* Y) {
+  for (int64_t c0 = 0; c0 < W.rows; c0 += CH) {
+    const int64_t c1 = std::min(W.rows, c0 + CH);
+    for (int sp = 0; sp < 4; ++sp) {
+      const float* X = Xs + sp * W.cols * 16;
+      for (int64_t r = c0; r + 4 <= c1; r += 4) {
+        __m512 a[4];
+        const int32_t* p = W.ptr.data() + r;
+        int32_t n = 1 << 30;
+        for (int j = 0; j < 4; ++j) { a[j] = _mm512_setzero_ps(); n = std::min(n, p[j + 1] - p[j]); }
+        for (int32_t k = 0; k < n; ++k)
+          for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[p[j] + k]), _mm512_loadu_ps(X + W.col[p[j] + k] * 16), a[j]);
+        for (int j = 0; j < 4; ++j) {
+          for (int32_t k = p[j] + n; k < p[j + 1]; ++k) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[k]), _mm512_loadu_ps(X + W.col[k] * 16), a[j]);
+          _mm512_storeu_ps(Y + (r + j) * P + sp * 16, a[j]);
+        }
+      }
+    }
+  }
+}
+#endif
 int main(int argc, char** argv) {
   double d = argc > 1 ? atof(argv[1]) : 0.33, ghz = (argc > 2 ? atof(argv[2]) : 2.445) * 1e9;
   Csr W = make(10000, 650, d);
@@ -91,8 +171,16 @@ int main(int argc, char** argv) {
   for (auto& x : X) x = (rand() % 1000) * 1e-3f;
   for (int sp = 0; sp < 4; ++sp) for (int k = 0; k < 650; ++k) for (int j = 0; j < 16; ++j) Xs[sp * 650 * 16 + k * 16 + j] = X[k * P + sp * 16 + j];
   std::vector<int32_t> cur(CH);
-  std::vector<std::function<void()>> fs = {[&] { vA(W, X.data(), Y.data()); }, [&] { vD(W, Xs.data(), Y2.data()); }, [&] { vC<96>(W, X.data(), Y2.data(), cur); }, [&] { vC<128>(W, X.data(), Y2.data(), cur); }, [&] { vC<64>(W, X.data(), Y2.data(), cur); }, [&] { vAP(W, X.data(), Y2.data()); }};
-  const char* names[] = {"a row x 64 columns (dot_block<8> before prefetching)", "16-column panels x 4 rows", "K blocks of 96 rows of X", "K blocks of 128", "K blocks of 64", "the same, X rows prefetched 16 on (dot_block<8>)"};
+  std::vector<std::function<void()>> fs = {[&] { vA(W, X.data(), Y.data()); }, [&] { vD(W, Xs.data(), Y2.data()); }, [&] { vC<96>(W, X.data(), Y2.data(), cur); }, [&] { vC<128>(W, X.data(), Y2.data(), cur); }, [&] { vC<64>(W, X.data(), Y2.data(), cur); }, [&] { vAP(W, X.data(), Y2.data()); }
+#ifdef __AVX512F__
+    , [&] { vE(W, X.data(), Y2.data()); }, [&] { vF(W, X.data(), Y2.data()); }, [&] { vDz(W, Xs.data(), Y2.data()); }, [&] { vDz4(W, Xs.data(), Y2.data()); }
+#endif
+  };
+  const char* names[] = {"a row x 64 columns (dot_block<8> before prefetching)", "16-column panels x 4 rows", "K blocks of 96 rows of X", "K blocks of 128", "K blocks of 64", "the same, X rows prefetched 16 on (dot_block<8>)"
+#ifdef __AVX512F__
+    , "the same in 16-lane vectors (AVX-512)", "16-lane vectors, two rows interleaved", "16-column panels x 8 rows, 16-lane vectors", "16-column panels x 4 rows, 16-lane vectors"
+#endif
+  };
   std::vector<double> best(fs.size(), 1e9);
   for (int r = 0; r < 15; ++r) for (size_t k = 0; k < fs.size(); ++k) { auto a = std::chrono::steady_clock::now(); for (int n = 0; n < 3; ++n) fs[k](); auto b = std::chrono::steady_clock::now(); best[k] = std::min(best[k], std::chrono::duration<double>(b - a).count() / 3);
     if (r == 0 && k > 0) { double err = 0; for (size_t i = 0; i < Y.size(); ++i) err = std::max(err, (double)std::abs(Y[i] - Y2[i])); if (err > 1e-3) printf("%s mismatch %g\n", names[k], err); } }
