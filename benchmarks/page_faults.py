@@ -1,5 +1,7 @@
 """Fresh pages per scoring call: the sparse engine with glibc's default heap behaviour against the engine's
-own (``runtime/heap.py``: freed blocks of up to 32 MB stay in the heap for the next call), side by side.
+own (``runtime/heap.py``: freed blocks of up to 32 MB stay in the heap for the next call), and that with
+glibc's per-thread cache off as well (``GLIBC_TUNABLES``, as ``selfish-train`` runs: ``training/allocator.py``),
+side by side.
 
 Each configuration runs in its own process (malloc settings are process-wide), in interleaved rounds, on
 ``inference.py``'s two scoring shapes (one 2,000-token text; 32 texts x 64 tokens): minor page faults per
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -21,7 +24,8 @@ import time
 from pathlib import Path
 
 SHAPES = ((2000, 1), (64, 32))
-MODES = ("glibc default", "engine keeps freed memory")
+MODES = ("glibc default", "engine keeps freed memory", "the same, no thread cache")
+TUNABLES = "glibc.malloc.tcache_count=0"  # glibc reads it at a process's start
 
 
 def measure(export: str, mode: str, threads: int, calls: int) -> dict:
@@ -63,7 +67,11 @@ def main() -> None:
         for mode in MODES:
             cmd = [sys.executable, __file__, str(args.export), "--child", mode, "--threads", str(args.threads),
                    "--calls", str(args.calls)]
-            runs[mode].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+            env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+            if mode == MODES[2]:
+                env["GLIBC_TUNABLES"] = TUNABLES
+            runs[mode].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                                        env=env).stdout))
     print(f"{args.export}, {args.threads} thread(s), {args.rounds} rounds x {args.calls} calls per shape")
     print(f"{'shape':10s} {'heap':28s} {'faults/call':>12s} {'median ms':>10s} {'best ms':>9s}")
     for shape in runs[MODES[0]][0]:
@@ -73,7 +81,8 @@ def main() -> None:
             faults = statistics.median(r[shape]["faults"] for r in runs[mode])
             med[mode] = statistics.median(ms)
             print(f"{shape:10s} {mode:28s} {faults:12.0f} {med[mode]:10.1f} {min(ms):9.1f}")
-        print(f"{shape:10s} {'default / ours (median)':28s} {'':12s} {med[MODES[0]] / med[MODES[1]]:9.2f}x")
+        for mode in MODES[1:]:
+            print(f"{shape:10s} {'default / ' + mode[:18]:28s} {'':12s} {med[MODES[0]] / med[mode]:9.2f}x")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .allocator import keep_freed_memory
+from . import allocator
 
-keep_freed_memory()  # before torch is imported: set after it, a freed 64 MiB buffer was still faulted in again
+allocator.keep_freed_memory()  # before torch is imported: set after it, a freed 64 MiB buffer was faulted in again
 
 import argparse
 import logging
@@ -150,6 +150,7 @@ def body(args: argparse.Namespace) -> int:
     from .trainer import train  # heavy imports after argument checks
 
     cfg, resume = resolve(args)
+    log.info("allocator: %s", allocator.describe())
     try:
         train(cfg, resume=resume, overwrite=args.overwrite)
     except TrainingStopped as e:  # checkpointed: a one-line message and the shell's code for the signal
@@ -162,5 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run(body, build_parser(), argv)
 
 
+def entry() -> int:
+    """The ``selfish-train`` command: ``main`` after restarting once with glibc's thread cache off
+    (``training/allocator.py``; not in ``main``, which tests and other programs call in their own process)."""
+    allocator.restart_without_thread_cache()
+    return main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())
