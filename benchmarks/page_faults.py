@@ -25,7 +25,6 @@ from pathlib import Path
 
 SHAPES = ((2000, 1), (64, 32))
 MODES = ("glibc default", "engine keeps freed memory", "the same, no thread cache")
-TUNABLES = "glibc.malloc.tcache_count=0"  # glibc reads it at a process's start
 
 
 def measure(export: str, mode: str, threads: int, calls: int) -> dict:
@@ -69,6 +68,8 @@ def main() -> None:
                    "--calls", str(args.calls)]
             env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
             if mode == MODES[2]:
+                from selfish_deploy.training.allocator import TUNABLES
+
                 env["GLIBC_TUNABLES"] = TUNABLES
             runs[mode].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
                                                         env=env).stdout))

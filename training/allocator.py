@@ -79,6 +79,6 @@ def restart_without_thread_cache() -> None:
 def describe() -> str:
     """The policy in effect, for the run's log."""
     if not _applied:
-        return f"glibc's default ({users_choice() or 'not set'})"
+        return f"glibc's default ({users_choice() or 'mallopt refused the settings'})"
     cache = "off" if os.environ.get("GLIBC_TUNABLES") == TUNABLES else "on"
     return f"large buffers kept on the heap, never trimmed; glibc's thread cache {cache}"

@@ -1,26 +1,13 @@
 // The batch recurrence's products in isolation: each step's W_hh h for a 2-layer LSTM's W_hh (2,600 x 650, the
 // reference model) at batch 32, the kernels' loop (a unit's gate rows in pairs, 4 AVX2 vectors each:
-// dot_block2<4>) against AVX-512 variants: pairs of rows in 2 zmm each, and all four gate rows of a unit at once.
+// dot_block2<4>) against AVX-512 variants: pairs of rows in 2 zmm each, all four gate rows of a unit at once,
+// and h in two packed halves of 16 columns (in L1) with 8 rows at a time.
 // 64 steps on one thread, products only (no cell). Run by benchmarks/microkernels.py; arguments: density,
 // clock in GHz.
-#include <immintrin.h>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-#include <chrono>
+#include "csr.h"
 #include <algorithm>
-#include <cstring>
-typedef float vf8 __attribute__((vector_size(32)));
-static inline vf8 vload(const float* p) { vf8 v; memcpy(&v, p, 32); return v; }
-static inline vf8 fma8(vf8 a, vf8 b, vf8 c) { return (vf8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
-static inline vf8 splat(float x) { return vf8{x,x,x,x,x,x,x,x}; }
-struct Csr { int64_t rows, cols; std::vector<int32_t> ptr; std::vector<uint16_t> col; std::vector<float> val; };
-Csr make(int64_t rows, int64_t cols, double d) {
-  Csr m{rows, cols}; m.ptr.push_back(0);
-  for (int64_t r = 0; r < rows; ++r) { for (int64_t c = 0; c < cols; ++c) if (rand() < d * RAND_MAX) { m.col.push_back(c); m.val.push_back((rand() % 1000) * 1e-3f - 0.5f); } m.ptr.push_back(m.col.size()); }
-  return m;
-}
+#include <chrono>
+#include <cstdio>
 const int64_t H = 650, B = 32;
 // current: pairs of rows, 4 ymm each (dot_block2<4>)
 __attribute__((noinline)) void cur(const Csr& W, const float* X, float* P) {

@@ -2,26 +2,11 @@
 // reference model's decoder) times a packed 650 x 64 panel of X, the kernels' row-at-a-time loop against
 // blockings that keep X in L1, and (AVX-512 builds) the same loops in 16-lane vectors. Run by
 // benchmarks/microkernels.py; arguments: density, clock in GHz.
-#include <immintrin.h>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-#include <chrono>
+#include "csr.h"
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <functional>
-#include <cstring>
-typedef float vf8 __attribute__((vector_size(32)));
-static inline vf8 vload(const float* p) { vf8 v; memcpy(&v, p, 32); return v; }
-static inline void vstore(float* p, vf8 v) { memcpy(p, &v, 32); }
-static inline vf8 fma8(vf8 a, vf8 b, vf8 c) { return (vf8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
-static inline vf8 splat(float x) { return vf8{x,x,x,x,x,x,x,x}; }
-struct Csr { int64_t rows, cols; std::vector<int32_t> ptr; std::vector<uint16_t> col; std::vector<float> val; };
-Csr make(int64_t rows, int64_t cols, double d) {
-  Csr m{rows, cols}; m.ptr.push_back(0);
-  for (int64_t r = 0; r < rows; ++r) { for (int64_t c = 0; c < cols; ++c) if (rand() < d * RAND_MAX) { m.col.push_back(c); m.val.push_back((rand() % 1000) * 1e-3f - 0.5f); } m.ptr.push_back(m.col.size()); }
-  return m;
-}
 const int64_t CH = 256, P = 64;
 // A: per row, 8 accumulators over 64 columns
 __attribute__((noinline)) void vA(const Csr& W, const float* X, float* Y) {
@@ -120,42 +105,22 @@ __attribute__((noinline)) void vF(const Csr& W, const float* X, float* Y) {
     for (int32_t i = W.ptr[r]; i < W.ptr[r + 1]; ++i) { __m512 v = _mm512_set1_ps(W.val[i]); const float* x = X + W.col[i] * P; for (int q = 0; q < 4; ++q) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 16 * q), acc[q]); }
     for (int q = 0; q < 4; ++q) _mm512_storeu_ps(Y + r * P + 16 * q, acc[q]); }
 }
-// Dz: D in 16-lane vectors: per chunk of 256 rows, 4 sub-panels of 16 columns (L1), 8 rows at a time in one
-// zmm each (8 chains), each row's entries to the shortest of the 8, then each row's rest alone
+// Dz<NR>: D in 16-lane vectors: per chunk of 256 rows, 4 sub-panels of 16 columns (L1), NR rows at a time in
+// one zmm each (NR chains), each row's entries to the shortest of the NR, then each row's rest alone
+template <int NR>
 __attribute__((noinline)) void vDz(const Csr& W, const float* Xs, float* Y) {
   for (int64_t c0 = 0; c0 < W.rows; c0 += CH) {
     const int64_t c1 = std::min(W.rows, c0 + CH);
     for (int sp = 0; sp < 4; ++sp) {
       const float* X = Xs + sp * W.cols * 16;
-      for (int64_t r = c0; r + 8 <= c1; r += 8) {
-        __m512 a[8];
+      for (int64_t r = c0; r + NR <= c1; r += NR) {
+        __m512 a[NR];
         const int32_t* p = W.ptr.data() + r;
         int32_t n = 1 << 30;
-        for (int j = 0; j < 8; ++j) { a[j] = _mm512_setzero_ps(); n = std::min(n, p[j + 1] - p[j]); }
+        for (int j = 0; j < NR; ++j) { a[j] = _mm512_setzero_ps(); n = std::min(n, p[j + 1] - p[j]); }
         for (int32_t k = 0; k < n; ++k)
-          for (int j = 0; j < 8; ++j) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[p[j] + k]), _mm512_loadu_ps(X + W.col[p[j] + k] * 16), a[j]);
-        for (int j = 0; j < 8; ++j) {
-          for (int32_t k = p[j] + n; k < p[j + 1]; ++k) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[k]), _mm512_loadu_ps(X + W.col[k] * 16), a[j]);
-          _mm512_storeu_ps(Y + (r + j) * P + sp * 16, a[j]);
-        }
-      }
-    }
-  }
-}
-// Dz4: as Dz, 4 rows at a time (4 chains, shorter tails)
-__attribute__((noinline)) void vDz4(const Csr& W, const float* Xs, float* Y) {
-  for (int64_t c0 = 0; c0 < W.rows; c0 += CH) {
-    const int64_t c1 = std::min(W.rows, c0 + CH);
-    for (int sp = 0; sp < 4; ++sp) {
-      const float* X = Xs + sp * W.cols * 16;
-      for (int64_t r = c0; r + 4 <= c1; r += 4) {
-        __m512 a[4];
-        const int32_t* p = W.ptr.data() + r;
-        int32_t n = 1 << 30;
-        for (int j = 0; j < 4; ++j) { a[j] = _mm512_setzero_ps(); n = std::min(n, p[j + 1] - p[j]); }
-        for (int32_t k = 0; k < n; ++k)
-          for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[p[j] + k]), _mm512_loadu_ps(X + W.col[p[j] + k] * 16), a[j]);
-        for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < NR; ++j) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[p[j] + k]), _mm512_loadu_ps(X + W.col[p[j] + k] * 16), a[j]);
+        for (int j = 0; j < NR; ++j) {
           for (int32_t k = p[j] + n; k < p[j + 1]; ++k) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(W.val[k]), _mm512_loadu_ps(X + W.col[k] * 16), a[j]);
           _mm512_storeu_ps(Y + (r + j) * P + sp * 16, a[j]);
         }
@@ -173,7 +138,7 @@ int main(int argc, char** argv) {
   std::vector<int32_t> cur(CH);
   std::vector<std::function<void()>> fs = {[&] { vA(W, X.data(), Y.data()); }, [&] { vD(W, Xs.data(), Y2.data()); }, [&] { vC<96>(W, X.data(), Y2.data(), cur); }, [&] { vC<128>(W, X.data(), Y2.data(), cur); }, [&] { vC<64>(W, X.data(), Y2.data(), cur); }, [&] { vAP(W, X.data(), Y2.data()); }
 #ifdef __AVX512F__
-    , [&] { vE(W, X.data(), Y2.data()); }, [&] { vF(W, X.data(), Y2.data()); }, [&] { vDz(W, Xs.data(), Y2.data()); }, [&] { vDz4(W, Xs.data(), Y2.data()); }
+    , [&] { vE(W, X.data(), Y2.data()); }, [&] { vF(W, X.data(), Y2.data()); }, [&] { vDz<8>(W, Xs.data(), Y2.data()); }, [&] { vDz<4>(W, Xs.data(), Y2.data()); }
 #endif
   };
   const char* names[] = {"a row x 64 columns (dot_block<8> before prefetching)", "16-column panels x 4 rows", "K blocks of 96 rows of X", "K blocks of 128", "K blocks of 64", "the same, X rows prefetched 16 on (dot_block<8>)"
