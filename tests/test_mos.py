@@ -22,10 +22,10 @@ def rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
-def make_decoder(n_in=6, emb=5, vocab=11, experts=3, seed=0, scale=1.0):
+def make_decoder(n_in=6, emb=5, vocab=11, experts=3, seed=0, scale=1.0, mixture="floor"):
     """``scale`` multiplies the vocabulary projection and the prior: logits of hundreds at 1000."""
     torch.manual_seed(seed)
-    dec = mos.MoSDecoder(n_in, emb, vocab, experts, dropoutl=0.3).eval()
+    dec = mos.MoSDecoder(n_in, emb, vocab, experts, dropoutl=0.3, mixture=mixture).eval()
     with torch.no_grad():
         dec.bias.uniform_(-0.1, 0.1)  # not all zero, so that the bias is exercised
         dec.weight.mul_(scale)
@@ -48,21 +48,44 @@ def explicit(dec: mos.MoSDecoder, h: torch.Tensor) -> torch.Tensor:
 
 
 def test_mixture_equals_a_hand_computation():
-    dec = make_decoder()
+    """floor (the default, zihangdai/mos's): log(p + 1e-8), probabilities summing to 1 + V * 1e-8; exact: log p,
+    summing to 1."""
     h = torch.randn(4, 2, 6)
+    for mixture, floor in (("floor", 1e-8), ("exact", 0.0)):
+        dec = make_decoder(mixture=mixture)
+        with torch.no_grad():
+            logp = dec(h)
+        assert logp.shape == (4, 2, 11)
+        p = explicit(dec, h.view(-1, 6)).view(4, 2, 11)
+        assert rel_err(logp, torch.log(p + floor)) < TOL, mixture
+        assert torch.allclose(logp.exp().sum(-1).double(), torch.full((4, 2), 1 + 11 * floor, dtype=torch.float64),
+                              atol=1e-6)
+    assert make_decoder().mixture == "floor"
+    with pytest.raises(ValueError, match="mixture"):
+        make_decoder(mixture="log")
+
+
+def test_floor_is_the_authors_formula():
+    """zihangdai/mos model.py's forward, written out: softmax per expert, weighted by the prior, summed,
+    log(prob.add_(1e-8)); ours in float32 equals it computed the same way in float32, bit for bit or nearly."""
+    dec = make_decoder(n_in=12, emb=8, vocab=50, experts=4)
+    h = torch.randn(7, 3, 12)
     with torch.no_grad():
-        logp = dec(h)
-    assert logp.shape == (4, 2, 11)
-    p = explicit(dec, h.view(-1, 6)).view(4, 2, 11)
-    assert torch.allclose(logp.exp().double(), p, rtol=1e-5, atol=1e-7)
-    assert torch.allclose(logp.exp().sum(-1).double(), torch.ones(4, 2, dtype=torch.float64), atol=1e-6)
+        latent = dec.latent(h).tanh()
+        logit = torch.nn.functional.linear(latent.view(-1, 8), dec.weight, dec.bias)
+        prior = torch.softmax(dec.prior(h).contiguous().view(-1, 4), -1)
+        prob = torch.softmax(logit.view(-1, 50), -1).view(-1, 4, 50)
+        prob = (prob * prior.unsqueeze(2).expand_as(prob)).sum(1)
+        theirs = torch.log(prob.add_(1e-8)).view(7, 3, 50)
+        assert torch.allclose(dec(h), theirs, rtol=0, atol=1e-6)
 
 
 def test_stable_at_large_logits():
-    """Logits in the thousands: the naive mixture of fp32 softmaxes underflows to log(0) for unlikely words,
-    the log-space mixture stays finite and equal to a float64 computation."""
-    dec = make_decoder(scale=1000.0)
+    """Logits in the thousands: the mixture of fp32 softmaxes underflows for unlikely words. exact stays finite
+    and equal to a float64 log-space computation; floor gives log(1e-8) there, as theirs, and equals
+    log(p64 + 1e-8) everywhere."""
     h = torch.randn(8, 1, 6)
+    dec = make_decoder(scale=1000.0, mixture="exact")
     with torch.no_grad():
         logp = dec(h).view(8, -1)
         naive_p = explicit(dec, h.view(8, 6)).float()  # fp32 probabilities, as a softmax mixture would give
@@ -74,13 +97,21 @@ def test_stable_at_large_logits():
     ref = torch.logsumexp(torch.log_softmax(latent @ d["weight"].t() + d["bias"], -1)
                           + torch.log_softmax(h64 @ d["prior.weight"].t(), -1).unsqueeze(-1), dim=1)
     assert rel_err(logp, ref) < TOL
+    dec = make_decoder(scale=1000.0)
+    with torch.no_grad():
+        logp = dec(h).view(8, -1)
+    assert rel_err(logp, torch.log(ref.exp() + 1e-8)) < TOL
+    assert (logp[naive_p == 0] == torch.tensor(1e-8).log()).all()
 
 
-def test_one_expert_is_a_softmax_over_a_tanh_projection():
-    dec = make_decoder(experts=1)
+@pytest.mark.parametrize("mixture", mos.MIXTURES)
+def test_one_expert_is_a_softmax_over_a_tanh_projection(mixture):
+    dec = make_decoder(experts=1, mixture=mixture)
     h = torch.randn(3, 4, 6)
     with torch.no_grad():
         expected = torch.log_softmax(torch.tanh(dec.latent(h)) @ dec.weight.t() + dec.bias, dim=-1)
+        if mixture == "floor":
+            expected = torch.log(expected.exp() + 1e-8)
         assert torch.allclose(dec(h), expected, atol=1e-6)
 
 
@@ -126,6 +157,10 @@ def test_registered_decoder_defaults_to_fifteen_tied_experts():
     assert model.decoder.weight is model.encoder.weight
     assert "decoder.weight" not in dict(model.named_parameters())
     assert model.decoder.dropoutl == 0.29
+    assert cfg.option("mixture") == model.decoder.mixture == "floor"  # zihangdai/mos's, by default
+    exact = ModelConfig.from_dict(ModelConfig(arch="lstm", vocab_size=30, emb=4, hidden=6, decoder="mos",
+                                              options={"mixture": "exact"}).to_dict())
+    assert build_model(exact).decoder.mixture == "exact"
 
 
 # ---- the sparse runtime head -----------------------------------------------------------------------------
@@ -136,9 +171,9 @@ def random_mask(shape, nnz, g):
     return mask.view(shape)
 
 
-def sparse_decoder(density: float, seed: int = 0, tie: bool = True, experts: int = 4):
+def sparse_decoder(density: float, seed: int = 0, tie: bool = True, experts: int = 4, mixture: str = "floor"):
     """A decoder whose weights are masked at ``density``, and the export-like accessors of its tensors."""
-    dec = make_decoder(n_in=12, emb=8, vocab=50, experts=experts, seed=seed)
+    dec = make_decoder(n_in=12, emb=8, vocab=50, experts=experts, seed=seed, mixture=mixture)
     g = torch.Generator().manual_seed(seed)
     stored = {}
     with torch.no_grad():
@@ -161,9 +196,11 @@ def sparse_decoder(density: float, seed: int = 0, tie: bool = True, experts: int
     return dec, matrix, vector
 
 
-def exported(tie: bool, experts: int = 4):
+def exported(tie: bool, experts: int = 4, emb: int = 8, mixture: str = "floor"):
     """What the head reads of an ``ExportedModel``: its model config."""
-    return SimpleNamespace(model_config=SimpleNamespace(tie_weights=tie, experts=experts, emb=8))
+    options = {"mixture": mixture}
+    return SimpleNamespace(model_config=SimpleNamespace(tie_weights=tie, experts=experts, emb=emb,
+                                                        option=options.__getitem__))
 
 
 def kernel_sets():
@@ -177,7 +214,8 @@ def kernel_sets():
 @pytest.mark.parametrize("density", [0.05, 0.33, 1.0])
 @pytest.mark.parametrize("n", [1, 3, 64])
 @pytest.mark.parametrize("which", ["reference", "compiled"])
-def test_runtime_head_equals_the_module(density, n, which):
+@pytest.mark.parametrize("mixture", mos.MIXTURES)
+def test_runtime_head_equals_the_module(density, n, which, mixture):
     ks = {k.name if k.name == "reference" else "compiled": k for k in kernel_sets()}
     if which not in ks:
         pytest.skip("compiled kernels not built")
@@ -186,8 +224,8 @@ def test_runtime_head_equals_the_module(density, n, which):
         k.set_min_work(0)  # multithreaded even on these small matrices
     try:
         for tie in (True, False):
-            dec, matrix, vector = sparse_decoder(density, seed=n, tie=tie)
-            head = mos.SparseMoSHead(exported(tie), matrix, vector, k)
+            dec, matrix, vector = sparse_decoder(density, seed=n, tie=tie, mixture=mixture)
+            head = mos.SparseMoSHead(exported(tie, mixture=mixture), matrix, vector, k)
             h = torch.randn(n, 12)
             with torch.no_grad():
                 expected = dec(h.unsqueeze(1)).squeeze(1)  # (N, V)
@@ -220,7 +258,7 @@ def test_runtime_head_with_fifteen_experts_and_a_larger_vocabulary():
             mask = random_mask(tuple(p.shape), round(0.45 * p.numel()), g)
             p.mul_(mask)
             stored[name] = CSR.from_masked(p.detach(), mask)
-    cfg = SimpleNamespace(model_config=SimpleNamespace(tie_weights=True, experts=15, emb=32))
+    cfg = exported(True, experts=15, emb=32)
     h = torch.randn(64, 40)
     with torch.no_grad():
         expected = dec(h.unsqueeze(1)).squeeze(1)
@@ -273,7 +311,7 @@ def run_onnx_head(dec: mos.MoSDecoder, h: torch.Tensor) -> np.ndarray:
     for n, p in dec.named_parameters():
         names[n] = g.const("decoder." + n, p.detach().numpy())
     out = mos.onnx_head(g, "x", names["latent.weight"], names["latent.bias"], names["prior.weight"],
-                        names["weight"], names["bias"], dec.experts, dec.emb, dec.vocab_size)
+                        names["weight"], names["bias"], dec.experts, dec.emb, dec.vocab_size, dec.mixture)
     graph = helper.make_graph(g.nodes, "mos", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", dec.n_in])],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["n", dec.vocab_size])],
                               initializer=g.initializers)
@@ -287,9 +325,10 @@ def run_onnx_head(dec: mos.MoSDecoder, h: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("scale", [1.0, 1000.0])
-def test_onnx_head_equals_pytorch(scale):
+@pytest.mark.parametrize("mixture", mos.MIXTURES)
+def test_onnx_head_equals_pytorch(scale, mixture):
     pytest.importorskip("onnxruntime")
-    dec = make_decoder(n_in=12, emb=8, vocab=50, experts=4, scale=scale)
+    dec = make_decoder(n_in=12, emb=8, vocab=50, experts=4, scale=scale, mixture=mixture)
     h = torch.randn(9, 12)
     with torch.no_grad():
         expected = dec(h.unsqueeze(1)).squeeze(1)
@@ -360,7 +399,10 @@ def test_runtime_equals_the_eval_forward(mos_run, mos_export):
     tokens = torch.randint(0, model.config.vocab_size, (9, 3), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref, _ = model(tokens, model.init_hidden(3))
-    assert torch.allclose(ref.exp().sum(-1), torch.ones(9, 3), atol=1e-5)
+    V = model.config.vocab_size  # floor, the default: probabilities sum to 1 + V * 1e-8
+    assert model.config.option("mixture") == "floor"
+    assert torch.allclose(ref.exp().sum(-1).double(), torch.full((9, 3), 1 + V * 1e-8, dtype=torch.float64),
+                          atol=2e-6)
     for backend in ("sparse", "dense", "onnx"):
         logp, _ = SparseLM.load(mos_export, backend=backend).forward(tokens)
         assert rel_err(logp, ref) < TOL, backend
@@ -439,6 +481,7 @@ def test_fp16_export_equals_the_rounded_model(mos_run, tmp_path):
     (["--experts", "-1"], "experts"),
     (["--dropoutl", "1.5"], "dropoutl"),
     (["--decoder", "softmax", "--dropoutl", "0.2"], "dropoutl"),
+    (["--mixture", "log"], "mixture"),
 ])
 def test_bad_mos_flags_exit_2(tmp_path, capsys, flags, message):
     from selfish_deploy.training.cli import main

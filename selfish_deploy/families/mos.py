@@ -10,10 +10,18 @@ the embedding width)::
     logit_k  = W latent_k + b               (V,)     nn.Linear(ninp, ntoken), W tied to the embedding
     p(w)     = sum_k prior_k softmax(logit_k)(w)
 
-Their ``forward`` returns ``log(p + 1e-8)``; ours returns ``log p`` exactly, computed stably as
-``logsumexp_k(log prior_k + log_softmax(logit_k))``: the 1e-8 floor changes a log-probability by more than
-0.01 only where p < 1e-6, and makes the probabilities sum to 1 + V * 1e-8; without it they sum to 1, which
-scoring and sampling need.
+``mixture`` says how the K softmaxes are mixed:
+
+- ``floor`` (default, theirs): ``log(sum_k prior_k softmax(logit_k) + 1e-8)``, the mixture summed in
+  probability space and floored, as their ``forward`` (``torch.log(prob.add_(1e-8))``) and so their reported
+  perplexities. The probabilities sum to 1 + V * 1e-8 (1.0003 on WikiText-2); the floor changes a
+  log-probability by more than 0.01 only where p < 1e-6. Training keeps one (T, B, K, V) tensor alive for
+  backward, which is why it is also the faster one on CPU (``benchmarks/mos_mixture.py``).
+- ``exact`` (ours): ``log p`` without the floor, as ``logsumexp_k(log prior_k + log_softmax(logit_k))``: the
+  probabilities sum to 1, and stay finite where every expert's fp32 probability underflows.
+
+The runtime and the ONNX graph compute both in log space (a log-sum-exp over the experts, then
+``logaddexp(., log 1e-8)`` for ``floor``), so a served score is the training model's evaluation number.
 
 Parameter names: ``decoder.weight`` (V, E) and ``decoder.bias`` (V,) as the softmax decoder's (so tying is the
 same ``decoder.weight = encoder.weight``), ``decoder.latent.weight`` (K*E, n_in), ``decoder.latent.bias``
@@ -33,6 +41,8 @@ Column layout of the runtime head (feature-major, N positions, K experts)::
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -46,6 +56,8 @@ DEFAULT_EXPERTS = 15  # zihangdai/mos README, both PTB and WikiText-2 (their mai
 PREFIX = "decoder."
 # Positions per chunk of the full mixture: K * chunk * V fp32 values at a time (about 64 MiB).
 _FULL_CHUNK_VALUES = 16 * 2**20
+FLOOR = 1e-8  # zihangdai/mos model.py: torch.log(prob.add_(1e-8))
+MIXTURES = ("floor", "exact")
 
 
 def n_experts(config) -> int:
@@ -62,22 +74,38 @@ def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * mask
 
 
-def mixture_logprobs(logits: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
-    """``log sum_k softmax(prior)_k softmax(logits_k)``: logits (..., K, V), prior logits (..., K) -> (..., V),
-    without leaving log space (stable for any logit size)."""
+def mixture_logprobs(logits: torch.Tensor, prior_logits: torch.Tensor, mixture: str = "floor") -> torch.Tensor:
+    """The mixture's log-probabilities: logits (..., K, V), prior logits (..., K) -> (..., V). ``floor``:
+    ``log(sum_k softmax(prior)_k softmax(logits_k) + 1e-8)`` in probability space, as zihangdai/mos;
+    ``exact``: ``log sum_k ...`` without leaving log space (stable for any logit size)."""
+    if mixture == "floor":
+        prior = torch.softmax(prior_logits, dim=-1).unsqueeze(-2)  # (..., 1, K)
+        prob = (prior @ torch.softmax(logits, dim=-1)).squeeze(-2)  # (..., V): one (..., K, V) tensor saved
+        return torch.log(prob + FLOOR)
+    if mixture != "exact":
+        raise ValueError(f"mixture must be one of {', '.join(MIXTURES)}, got {mixture!r}")
     log_prior = torch.log_softmax(prior_logits, dim=-1).unsqueeze(-1)  # (..., K, 1)
     return torch.logsumexp(torch.log_softmax(logits, dim=-1) + log_prior, dim=-2)
+
+
+def floored(log_p: torch.Tensor, mixture: str) -> torch.Tensor:
+    """``log(exp(log_p) + 1e-8)`` for ``floor`` (the runtime's log-space form of theirs), ``log_p`` for
+    ``exact``."""
+    return torch.logaddexp(log_p, log_p.new_tensor(math.log(FLOOR))) if mixture == "floor" else log_p
 
 
 class MoSDecoder(nn.Module):
     """Mixture of K softmaxes over a tanh latent projection; ``forward`` (T, B, n_in) -> log-probs (T, B, V)."""
 
     def __init__(self, n_in: int, emb: int, vocab_size: int, experts: int = DEFAULT_EXPERTS,
-                 dropoutl: float = 0.0):
+                 dropoutl: float = 0.0, mixture: str = "floor"):
         super().__init__()
         if experts < 1:
             raise ValueError(f"experts must be positive, got {experts}")
+        if mixture not in MIXTURES:
+            raise ValueError(f"mixture must be one of {', '.join(MIXTURES)}, got {mixture!r}")
         self.n_in, self.emb, self.vocab_size, self.experts, self.dropoutl = n_in, emb, vocab_size, experts, dropoutl
+        self.mixture = mixture
         self.latent = nn.Linear(n_in, experts * emb)  # PyTorch's default init, as theirs
         self.prior = nn.Linear(n_in, experts, bias=False)
         # the vocabulary projection as direct parameters, so that the full names are decoder.weight/bias
@@ -98,7 +126,7 @@ class MoSDecoder(nn.Module):
         latent = torch.tanh(self.latent(x))  # (T, B, K*E)
         latent = locked_dropout(latent, self.dropoutl, self.training)
         logits = nn.functional.linear(latent.view(T, B, K, E), self.weight, self.bias)  # (T, B, K, V)
-        return mixture_logprobs(logits, self.prior(x))  # (T, B, V)
+        return mixture_logprobs(logits, self.prior(x), self.mixture)  # (T, B, V)
 
 
 def parameter_shapes(n_in: int, emb: int, vocab_size: int, experts: int, tie_weights: bool) -> dict:
@@ -128,6 +156,7 @@ class SparseMoSHead:
         cfg = exported.model_config
         experts, emb = n_experts(cfg), cfg.emb
         self.kernels, self.experts, self.emb = kernels, experts, emb
+        self.mixture = cfg.option("mixture")
         self.latent = matrix(PREFIX + "latent.weight")
         self.latent_bias = vector(PREFIX + "latent.bias")
         self.prior = matrix(PREFIX + "prior.weight")
@@ -152,25 +181,28 @@ class SparseMoSHead:
         if targets is not None and not (full or top1):
             latent, log_prior = self._experts(x)
             per_expert = self.kernels.decoder(self.out, self.out_bias, latent, targets.repeat(K).contiguous())
-            return {"target_lp": torch.logsumexp(per_expert["target_lp"].view(K, N) + log_prior, dim=0)}
+            lse = torch.logsumexp(per_expert["target_lp"].view(K, N) + log_prior, dim=0)
+            return {"target_lp": floored(lse, self.mixture)}
         chunk = max(1, _FULL_CHUNK_VALUES // max(1, K * V))
         parts = []
         for s in range(0, N, chunk):
             latent, log_prior = self._experts(x[:, s:s + chunk])
             n = log_prior.shape[1]
             logp = self.kernels.decoder(self.out, self.out_bias, latent, full=True)["logprobs"]  # (K*n, V)
-            parts.append(torch.logsumexp(logp.view(K, n, V) + log_prior.unsqueeze(2), dim=0))  # (n, V)
+            lse = torch.logsumexp(logp.view(K, n, V) + log_prior.unsqueeze(2), dim=0)  # (n, V)
+            parts.append(floored(lse, self.mixture))
         logp = torch.cat(parts) if parts else x.new_zeros(0, V)
         return decoder_outputs(logp, targets, full, top1)
 
 
 def onnx_head(g, x: str, latent_w: str, latent_b: str, prior_w: str, dec_w: str, dec_b: str,
-              experts: int, emb: int, vocab_size: int) -> str:
+              experts: int, emb: int, vocab_size: int, mixture: str = "floor") -> str:
     """Append the MoS decoder to an ONNX graph ``g`` (``node(op, inputs, output, **attrs)`` and
     ``const(name, array)``, as ``export/onnx_graph.OnnxGraph``): ``x`` (N, n_in) -> log-probabilities (N, V).
     Weights are float value names in PyTorch's (out, in) layout. Standard operators only (opset 17): Gemm,
     Tanh, Reshape, LogSoftmax, Unsqueeze, Add and a max-shifted log-sum-exp over the experts (ReduceMax,
-    Sub, Exp, ReduceSum, Log), which stays finite where every expert's probability underflows fp32."""
+    Sub, Exp, ReduceSum, Log), which stays finite where every expert's probability underflows fp32; for
+    ``floor``, then ``Log(Exp(.) + 1e-8)``."""
     latent = g.node("Gemm", [x, latent_w, latent_b], "mos.latent_lin", transB=1)  # (N, K*E)
     latent = g.node("Tanh", [latent], "mos.latent")
     latent = g.node("Reshape", [latent, g.const("mos.shape_e", np.array([-1, emb], np.int64))],
@@ -188,6 +220,10 @@ def onnx_head(g, x: str, latent_w: str, latent_b: str, prior_w: str, dec_w: str,
     total = g.node("ReduceSum", [shifted, g.const("mos.axis1", np.array([1], np.int64))], "mos.sum",
                    keepdims=1)
     lse = g.node("Add", [g.node("Log", [total], "mos.log_sum"), top], "mos.lse")  # (N, 1, V)
+    if mixture == "floor":  # exp(lse) <= 1: no overflow; where it underflows, log(1e-8) as theirs
+        p = g.node("Add", [g.node("Exp", [lse], "mos.p"), g.const("mos.floor", np.array(FLOOR, np.float32))],
+                   "mos.p_floor")
+        lse = g.node("Log", [p], "mos.log_p_floor")
     return g.node("Squeeze", [lse, g.const("mos.axis1_sq", np.array([1], np.int64))], "mos.logprobs")
 
 
@@ -195,6 +231,8 @@ def onnx_head(g, x: str, latent_w: str, latent_b: str, prior_w: str, dec_w: str,
 
 DROPOUTL = Option("dropoutl", 0.29, "mos: locked dropout on the latent (training only); zihangdai/mos's "
                   "PTB and WikiText-2 commands both pass 0.29 (their main.py's own default is dropouth)")
+MIXTURE = Option("mixture", "floor", "mos: 'floor' (theirs: log(p + 1e-8), the experts' probabilities summed) "
+                 "or 'exact' (ours: log p in log space, probabilities summing to 1)")
 
 
 def _shapes(config) -> dict[str, tuple[int, ...]]:
@@ -207,11 +245,13 @@ def _validate(config) -> None:
         object.__setattr__(config, "experts", DEFAULT_EXPERTS)
     if not 0.0 <= config.option("dropoutl") < 1.0:
         raise UserError(f"dropoutl must be in [0, 1), got {config.option('dropoutl')}")
+    if config.option("mixture") not in MIXTURES:
+        raise UserError(f"mixture must be one of {', '.join(MIXTURES)}, got {config.option('mixture')!r}")
 
 
 def _module(config) -> MoSDecoder:
     return MoSDecoder(trunk_width(config), config.emb, config.vocab_size, n_experts(config),
-                      config.option("dropoutl"))
+                      config.option("dropoutl"), config.option("mixture"))
 
 
 def _onnx(graph, exported, x: str) -> str:
@@ -224,11 +264,11 @@ def _onnx(graph, exported, x: str) -> str:
     dec = graph.weight_of("encoder.weight" if cfg.tie_weights else PREFIX + "weight")
     return onnx_head(graph, x, graph.weight_of(PREFIX + "latent.weight"), bias(PREFIX + "latent.bias"),
                      graph.weight_of(PREFIX + "prior.weight"), dec, bias(PREFIX + "bias"), n_experts(cfg),
-                     cfg.emb, cfg.vocab_size)
+                     cfg.emb, cfg.vocab_size, cfg.option("mixture"))
 
 
 register_decoder(Decoder(
     name="mos", title="mixture of softmaxes", module=_module, parameter_shapes=_shapes,
     sparse_names=lambda config: sparse_names(config.tie_weights), sparse_head=SparseMoSHead, onnx_head=_onnx,
-    options=(DROPOUTL,), validate=_validate,
+    options=(DROPOUTL, MIXTURE), validate=_validate,
 ))
