@@ -1,5 +1,6 @@
 """The kernels' inner loops in isolation (``benchmarks/microkernels/*.cpp``), for the per-core rates and
-ceilings that the inference numbers are read against: the batch-1 SELL-8 product (entries per cycle; with the
+ceilings that the inference numbers are read against: the core's FMA ceiling (registers only, no loads: what
+"per cycle" is measured against; a VM's nominal clock can be off), the batch-1 SELL-8 product (entries per cycle; with the
 AVX-512 block-permute loop on CPUs that have it), the sparse x dense panel product (multiply-adds per cycle)
 and a batch recurrence's products (W_hh times h of 32 columns), each against variants that were tried (in
 AVX-512 builds, 16-lane versions of the same loops); and, for the dense side of the comparison, PyTorch's BLAS
@@ -63,7 +64,7 @@ def main() -> None:
                 exe = Path(tmp) / f"{src.stem}-{isa}"
                 subprocess.run([cxx, *FLAGS, *ISAS[isa], "-o", str(exe), str(src)], check=True)
                 print(f"== {src.name}, {isa} ({' '.join(ISAS[isa])})")
-                for d in args.densities:
+                for d in args.densities[:1] if src.stem == "fma_peak" else args.densities:
                     subprocess.run([str(exe), str(d), f"{ghz:.3f}"], check=True)
     if not args.only:
         print(f"== dense GEMM (PyTorch), multiply-adds per cycle at {ghz:.3f} GHz, 1 thread: {gemm_rate() / ghz:.2f}")
