@@ -638,10 +638,39 @@ def test_avx2_instruction_set_passes_the_kernel_grid():
     code = ("from selfish_deploy.kernels.compiled import has_avx512; import sys; sys.exit(int(has_avx512()))")
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0  # turned off
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
-                        "recurren or batch1 or column_does_not"],
+                        "recurren or batch1 or column_does_not or spmm or decoder or panels"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
     assert " passed" in r.stdout
+
+
+WIDE_SCRIPT = """
+import hashlib, torch
+from selfish_deploy.csr import CSR
+from selfish_deploy.kernels import Matrix, kernels_for
+g = torch.Generator().manual_seed(0)
+w = torch.randn(300, 90, generator=g)
+mask = torch.rand(300, 90, generator=g) < 0.2
+m = Matrix(csr=CSR.from_masked(w * mask, mask))
+x = torch.randn(90, 150, generator=g)  # two 64-column blocks and 22 more
+k = kernels_for("cpu", 2)
+k.set_min_work(0)
+y = k.spmm(m, x, torch.randn(300, generator=g))
+lp = k.decoder(m, torch.zeros(300), x, full=True)["logprobs"]
+print(hashlib.sha256(y.numpy().tobytes() + lp.numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(not block_permute_here(), reason="no AVX-512 here")
+def test_wide_blocks_give_the_8_lane_bits():
+    """On AVX-512 CPUs dot_cols runs 64-column blocks in 16-lane vectors (dot_block64_wide); the products and
+    the decoder's log-probabilities are the 8-lane loop's bit for bit (SELFISH_KERNELS_ISA=avx2 turns it off)."""
+    def digest(env):
+        out = subprocess.run([sys.executable, "-c", WIDE_SCRIPT], env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    assert digest({}) == digest({"SELFISH_KERNELS_ISA": "avx2"})
 
 
 def fallback_warnings(monkeypatch, calls: int = 2) -> list[str]:

@@ -459,7 +459,7 @@ static inline void pack4(const float* X, int64_t ldx, int64_t nc, int64_t rows, 
 // row (x4, pack4) for SELL's rows8_cols, and one column after another (xt) for bp_rows16_cols where the matrix
 // has the block-permute copy. The buffers are kept between packs (a recurrence repacks h every step).
 struct SmallCols {
-    std::vector<float> x4, xt;
+    floats x4, xt;
     int64_t rows = 0;
     template <class I, class V>
     void pack(const Csr<I, V>& W, const float* X, int64_t ldx, int64_t nc, int64_t n_rows) {
@@ -590,12 +590,48 @@ static inline void dot_block2(const Row& ra, const Row& rb, const float* X, int6
     }
 }
 
+#if SD_BLOCK_PERMUTE
+extern "C" int sd_has_avx512();
+// Whether 64-column blocks run in 16-lane vectors (AVX-512 CPUs; SELFISH_KERNELS_ISA=avx2 turns it off).
+static inline bool wide_blocks() {
+    static const bool wide = sd_has_avx512() != 0;
+    return wide;
+}
+// dot_block<8> plus b in four 16-lane vectors: lane l is column l's chain, the row's entries in order, one FMA
+// each, so the same bits as the 8-lane loop. Half the loads and FMAs per entry; with X's panel on a cache line
+// (floats) none of its loads splits a line. The decoder with log-softmax and the input products of scoring
+// 32 x 64 tokens: benchmarks/RESULTS.md (fifteenth session).
+template <class Row>
+SD_AVX512 __attribute__((noinline)) static void dot_block64_wide(const Row& row, const float* X, int64_t ldx,
+                                                                 float b, float* y) {
+    __m512 acc[4];
+    for (int q = 0; q < 4; ++q) acc[q] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < row.n; ++i) {
+        if constexpr (!std::is_same<Row, DenseRow>::value) {
+            if (i + PANEL_AHEAD < row.avail) {
+                const char* ahead = (const char*)(X + row.col(i + PANEL_AHEAD) * ldx);
+                for (int k = 0; k < 256; k += 64) __builtin_prefetch(ahead + k, 0, 3);
+            }
+        }
+        const __m512 v = _mm512_set1_ps(row.val(i));
+        const float* x = X + row.col(i) * ldx;
+        for (int q = 0; q < 4; ++q) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 16 * q), acc[q]);
+    }
+    const __m512 bv = _mm512_set1_ps(b);
+    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(y + 16 * q, _mm512_add_ps(acc[q], bv));
+}
+#endif
+
 // One row times columns [0, nc) of X into y[0, nc) (plus b): blocks of 64, then 32, 16, 8, then the rest in one
 // vector's lanes.
 template <class Row>
 static inline void dot_cols(const Row& row, const float* X, int64_t ldx, int64_t nc, float b, float* y) {
     int64_t j = 0;
     vf8 acc[8];
+#if SD_BLOCK_PERMUTE
+    if (wide_blocks())
+        for (; j + 64 <= nc; j += 64) dot_block64_wide(row, X + j, ldx, b, y + j);
+#endif
     for (; j + 64 <= nc; j += 64) {
         dot_block<8>(row, X + j, ldx, acc);
         for (int q = 0; q < 8; ++q) vstore(y + j + 8 * q, acc[q] + vsplat(b));

@@ -5,9 +5,32 @@
 // batch columns, or hidden units at batch 1), so a value does not depend on which lane computed it: batched
 // results equal one-at-a-time results bit for bit.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <type_traits>
+#include <vector>
+
+// Scratch buffers start on a cache line. glibc's malloc aligns to 16 bytes only, so a packed panel of X
+// (rows a multiple of 64 bytes apart) could sit 16 or 48 bytes off a line, and then half of its 32-byte loads
+// (every one of the 64-byte loads) would straddle two lines: the panel loop ran 1.37x slower that way
+// (`benchmarks/microkernels.py --only spmm_panel`, the "off a line" rows).
+template <class T>
+struct LineAligned {
+    using value_type = T;
+    static constexpr std::align_val_t line{64};
+    LineAligned() = default;
+    template <class U>
+    LineAligned(const LineAligned<U>&) {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), line)); }
+    void deallocate(T* p, std::size_t) { ::operator delete(p, line); }
+    template <class U>
+    bool operator==(const LineAligned<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const LineAligned<U>&) const { return false; }
+};
+using floats = std::vector<float, LineAligned<float>>;
 
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
