@@ -1,6 +1,7 @@
 // Sparse x dense panel product (the decoder's and spmm's inner loop) in isolation: a 10,000 x 650 CSR matrix (the
 // reference model's decoder) times a packed 650 x 64 panel of X, the kernels' row-at-a-time loop against
-// blockings that keep X in L1, and (AVX-512 builds) the same loops in 16-lane vectors. Run by
+// blockings that keep X in L1, and (AVX-512 builds) the same loops in 16-lane vectors; X on a cache line, and
+// (the last rows) 16 bytes off one. Run by
 // benchmarks/microkernels.py; arguments: density, clock in GHz.
 #include "csr.h"
 #include <algorithm>
@@ -135,10 +136,16 @@ int main(int argc, char** argv) {
   std::vector<float> X(650 * P), Xs(650 * P), Y(10000 * P), Y2(10000 * P);
   for (auto& x : X) x = (rand() % 1000) * 1e-3f;
   for (int sp = 0; sp < 4; ++sp) for (int k = 0; k < 650; ++k) for (int j = 0; j < 16; ++j) Xs[sp * 650 * 16 + k * 16 + j] = X[k * P + sp * 16 + j];
+  // X on a cache line, as the kernels' packed panels are (simd.h's floats), and a copy 16 bytes off one, as a
+  // buffer from malloc (16-byte alignment) can be: there half of the 8-lane loads and all 16-lane ones split lines
+  float* Xa = static_cast<float*>(std::aligned_alloc(64, 650 * P * 4 + 64));
+  float* Xsa = static_cast<float*>(std::aligned_alloc(64, 650 * P * 4 + 64));
+  float* Xoff = static_cast<float*>(std::aligned_alloc(64, 650 * P * 4 + 64)) + 4;
+  std::copy(X.begin(), X.end(), Xa); std::copy(Xs.begin(), Xs.end(), Xsa); std::copy(X.begin(), X.end(), Xoff);
   std::vector<int32_t> cur(CH);
-  std::vector<std::function<void()>> fs = {[&] { vA(W, X.data(), Y.data()); }, [&] { vD(W, Xs.data(), Y2.data()); }, [&] { vC<96>(W, X.data(), Y2.data(), cur); }, [&] { vC<128>(W, X.data(), Y2.data(), cur); }, [&] { vC<64>(W, X.data(), Y2.data(), cur); }, [&] { vAP(W, X.data(), Y2.data()); }
+  std::vector<std::function<void()>> fs = {[&] { vA(W, Xa, Y.data()); }, [&] { vD(W, Xsa, Y2.data()); }, [&] { vC<96>(W, Xa, Y2.data(), cur); }, [&] { vC<128>(W, Xa, Y2.data(), cur); }, [&] { vC<64>(W, Xa, Y2.data(), cur); }, [&] { vAP(W, Xa, Y2.data()); }
 #ifdef __AVX512F__
-    , [&] { vE(W, X.data(), Y2.data()); }, [&] { vF(W, X.data(), Y2.data()); }, [&] { vDz<8>(W, Xs.data(), Y2.data()); }, [&] { vDz<4>(W, Xs.data(), Y2.data()); }
+    , [&] { vE(W, Xa, Y2.data()); }, [&] { vF(W, Xa, Y2.data()); }, [&] { vDz<8>(W, Xsa, Y2.data()); }, [&] { vDz<4>(W, Xsa, Y2.data()); }
 #endif
   };
   const char* names[] = {"a row x 64 columns (dot_block<8> before prefetching)", "16-column panels x 4 rows", "K blocks of 96 rows of X", "K blocks of 128", "K blocks of 64", "the same, X rows prefetched 16 on (dot_block<8>)"
@@ -149,19 +156,27 @@ int main(int argc, char** argv) {
   // The same loop with X small enough for L1 (96 rows, 24 KiB) and each row's entries at the same count (at most
   // 96): whether the loop is bound by where X lives or by its own instructions. Not compared with Y.
   Csr W1 = make(10000, 96, std::min(1.0, 650 * d / 96));
-  std::vector<float> X1(96 * P), Y1(10000 * P);
-  for (auto& x : X1) x = (rand() % 1000) * 1e-3f;
+  float* X1 = static_cast<float*>(std::aligned_alloc(64, 96 * P * 4));
+  std::vector<float> Y1(10000 * P);
+  for (int64_t i = 0; i < 96 * P; ++i) X1[i] = (rand() % 1000) * 1e-3f;
   const size_t n_main = fs.size();
-  fs.push_back([&] { vAP(W1, X1.data(), Y1.data()); });
+  fs.push_back([&] { vAP(W1, X1, Y1.data()); });
 #ifdef __AVX512F__
-  fs.push_back([&] { vE(W1, X1.data(), Y1.data()); });
+  fs.push_back([&] { vE(W1, X1, Y1.data()); });
+#endif
+  const size_t n_l1 = fs.size();
+  fs.push_back([&] { vAP(W, Xoff, Y2.data()); });
+#ifdef __AVX512F__
+  fs.push_back([&] { vE(W, Xoff, Y2.data()); });
 #endif
   std::vector<double> best(fs.size(), 1e9);
   for (int r = 0; r < 15; ++r) for (size_t k = 0; k < fs.size(); ++k) { auto a = std::chrono::steady_clock::now(); for (int n = 0; n < 3; ++n) fs[k](); auto b = std::chrono::steady_clock::now(); best[k] = std::min(best[k], std::chrono::duration<double>(b - a).count() / 3);
-    if (r == 0 && k > 0 && k < n_main) { double err = 0; for (size_t i = 0; i < Y.size(); ++i) err = std::max(err, (double)std::abs(Y[i] - Y2[i])); if (err > 1e-3) printf("%s mismatch %g\n", names[k], err); } }
+    if (r == 0 && k > 0 && (k < n_main || k >= n_l1)) { double err = 0; for (size_t i = 0; i < Y.size(); ++i) err = std::max(err, (double)std::abs(Y[i] - Y2[i])); if (err > 1e-3) printf("%s mismatch %g\n", names[k], err); } }
   double macs = (double)W.col.size() * P, macs1 = (double)W1.col.size() * P;
   printf("density %.2f, multiply-adds per cycle at %.3f GHz, 1 thread:\n", d, ghz / 1e9);
   for (size_t k = 0; k < n_main; ++k) printf("  %-48s %.2f\n", names[k], macs / best[k] / ghz);
   const char* l1[] = {"X in L1 (96 rows; %.0f entries a row), dot_block<8>", "X in L1 (96 rows; %.0f entries a row), 16 lanes"};
-  for (size_t k = n_main; k < fs.size(); ++k) { char name[80]; snprintf(name, sizeof name, l1[k - n_main], W1.col.size() / 1e4); printf("  %-48s %.2f\n", name, macs1 / best[k] / ghz); }
+  for (size_t k = n_main; k < n_l1; ++k) { char name[80]; snprintf(name, sizeof name, l1[k - n_main], W1.col.size() / 1e4); printf("  %-48s %.2f\n", name, macs1 / best[k] / ghz); }
+  const char* off[] = {"X 16 B off a cache line, dot_block<8>", "X 16 B off a cache line, 16 lanes"};
+  for (size_t k = n_l1; k < fs.size(); ++k) printf("  %-48s %.2f\n", off[k - n_l1], macs / best[k] / ghz);
 }
