@@ -14,8 +14,8 @@
 
 // Scratch buffers start on a cache line. glibc's malloc aligns to 16 bytes only, so a packed panel of X
 // (rows a multiple of 64 bytes apart) could sit 16 or 48 bytes off a line, and then half of its 32-byte loads
-// (every one of the 64-byte loads) would straddle two lines: the panel loop ran 1.37x slower that way
-// (`benchmarks/microkernels.py --only spmm_panel`, the "off a line" rows).
+// (every one of the 64-byte loads) would straddle two lines: the panel loop ran 1.3x (8 lanes) to 1.5x
+// (16 lanes) slower that way (`benchmarks/microkernels.py --only spmm_panel`, the "off a cache line" rows).
 template <class T>
 struct LineAligned {
     using value_type = T;
