@@ -526,7 +526,7 @@ def test_a_column_does_not_depend_on_its_batch():
             assert torch.equal(dec[j], alone["logprobs"][0])
             assert all(torch.equal(scored[key][j], alone[key][0]) for key in ("target_lp", "argmax", "max_lp"))
     w_hh, _ = weight(4 * 80, 80, 0.3, seed=2)
-    for B in (3, 4, 9):  # 2-4 sequences through SELL-8 or the block-permute copy, 9 in row-wise passes
+    for B in (3, 4, 9, 40):  # 2-4 sequences through SELL-8 or the block-permute copy, 9 and 40 in row-wise passes
         g, h, c = torch.randn(320, 5 * B), torch.randn(80, B), torch.randn(80, B)
         out, _, _ = k.recurrent("lstm", w_hh, None, g, 5, B, h, c)
         for b in (0, B - 1):
@@ -657,20 +657,52 @@ k = kernels_for("cpu", 2)
 k.set_min_work(0)
 y = k.spmm(m, x, torch.randn(300, generator=g))
 lp = k.decoder(m, torch.zeros(300), x, full=True)["logprobs"]
-print(hashlib.sha256(y.numpy().tobytes() + lp.numpy().tobytes()).hexdigest())
+top = k.decoder(m, torch.randn(300, generator=g), x, torch.randint(0, 300, (150,), generator=g), top1=True)
+wh = torch.randn(4 * 40, 40, generator=g) * 0.3
+mh = torch.rand(4 * 40, 40, generator=g) < 0.3
+rec = Matrix(csr=CSR.from_masked(wh * mh, mh))
+T, B = 5, 40  # a 32-column block of the batch recurrence and 8 more
+out, h, c = k.recurrent("lstm", rec, None, torch.randn(160, T * B, generator=g), T, B,
+                        torch.randn(40, B, generator=g), torch.randn(40, B, generator=g))
+parts = [y, lp, top["target_lp"], top["argmax"], top["max_lp"], out, h, c]
+print(hashlib.sha256(b"".join(t.numpy().tobytes() for t in parts)).hexdigest())
 """
 
 
 @pytest.mark.skipif(not block_permute_here(), reason="no AVX-512 here")
 def test_wide_blocks_give_the_8_lane_bits():
-    """On AVX-512 CPUs dot_cols runs 64-column blocks in 16-lane vectors (dot_block64_wide); the products and
-    the decoder's log-probabilities are the 8-lane loop's bit for bit (SELFISH_KERNELS_ISA=avx2 turns it off)."""
+    """On AVX-512 CPUs dot_cols runs 64-column blocks in 16-lane vectors (dot_block64_wide) and the decoder's
+    log-sum-exp statistics 16 columns at a time (chunk_stats16), and a batch recurrence's pairs of gate rows
+    32 columns at a time (dot_block2_32_wide); the products, the log-probabilities, the targets'
+    log-probabilities, the argmax and the recurrence's outputs and state are the 8-lane loops' bit for bit
+    (SELFISH_KERNELS_ISA=avx2 turns all three off)."""
     def digest(env):
         out = subprocess.run([sys.executable, "-c", WIDE_SCRIPT], env={**os.environ, **env}, capture_output=True,
                              text=True, check=True)
         return out.stdout.strip().splitlines()[-1]
 
     assert digest({}) == digest({"SELFISH_KERNELS_ISA": "avx2"})
+
+
+@pytest.mark.skipif(not block_permute_here(), reason="no AVX-512 here")
+@pytest.mark.parametrize("B", [32, 40])
+def test_dense_recurrence_of_32_sequences_runs_our_loop_on_avx512(B):
+    """On AVX-512 CPUs a dense W_hh of WIDE_OWN_BATCH+ sequences runs the compiled loop, not BLAS's per-step
+    GEMMs: its first 9 sequences are bit for bit a batch of those 9 (below BLAS_BATCH, so the compiled loop's
+    row-wise pass; BLAS's sums do not promise that), and the outputs are the BLAS reference's to 1e-5. Below
+    WIDE_OWN_BATCH (from BLAS_BATCH) BLAS still runs."""
+    from selfish_deploy.kernels.compiled import BLAS_BATCH, WIDE_OWN_BATCH, blas_recurrence
+
+    k = kernels_for("cpu", 2)
+    w_hh = Matrix(dense=torch.randn(4 * 48, 48, generator=torch.Generator().manual_seed(B)) * 0.2)
+    assert not blas_recurrence(w_hh, B) and blas_recurrence(w_hh, BLAS_BATCH) == (BLAS_BATCH < WIDE_OWN_BATCH)
+    g, h, c = torch.randn(192, 4 * B), torch.randn(48, B), torch.randn(48, B)
+    out, h1, c1 = k.recurrent("lstm", w_hh, None, g, 4, B, h, c, out=poisoned(48, 4 * B))
+    r_out, r_h, r_c = REF.recurrent("lstm", w_hh, None, g, 4, B, h, c)
+    assert rel_err(out, r_out) < TOL and rel_err(h1, r_h) < TOL and rel_err(c1, r_c) < TOL
+    nine, _, _ = k.recurrent("lstm", w_hh, None, g.view(192, 4, B)[:, :, :9].reshape(192, 36), 4, 9,
+                             h[:, :9].contiguous(), c[:, :9].contiguous())
+    assert torch.equal(out.view(48, 4, B)[:, :, :9], nine.view(48, 4, 9))
 
 
 def fallback_warnings(monkeypatch, calls: int = 2) -> list[str]:

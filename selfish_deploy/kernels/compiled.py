@@ -18,6 +18,11 @@ BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyT
 # ... except in the recurrence, whose per-step GEMMs are small: ours measured 1.36x faster at batch 8 (the
 # reference model's W_hh, 2 threads, one process, 2,048 columns), 0.71-1.18x at 16-64, 0.45x at 128.
 BLAS_BATCH = 16
+# ... and on CPUs with AVX-512, where the batch recurrence's pairs of gate rows run 32 columns in 16-lane vectors
+# (matrix.h, dot_block2_32_wide), ours again from 32 sequences up: a dense W_hh (2,600 x 650), 64 steps on 2
+# threads of an AMD EPYC (Zen 5), BLAS / ours 0.53 at 16 sequences, 1.63 at 32, 1.26 at 64, 1.28 at 128, 1.16
+# at 256 (RESULTS.md, "seventeenth session"). LSTM, GRU and RNN layers only (RHN and ON-LSTM are not measured).
+WIDE_OWN_BATCH = 32
 # A recurrence at batch 1 (one W_hh times one column, T times over) on a matrix this dense or more uses the
 # dense batch-1 copy instead of SELL-8: its zeros cost less than SELL's per-entry index loads, and the one
 # matrix stays in cache across the steps. `benchmarks/kernels_ab.py --baseline dense-batch1-off` (reference
@@ -36,6 +41,14 @@ BLOCK_PERMUTE = True
 CELLS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 INDEX_BITS = {torch.uint16: 16, torch.int32: 32}
+
+
+def blas_recurrence(w_hh: Matrix, B: int) -> bool:
+    """Whether an LSTM/GRU/RNN recurrence of ``B`` sequences on ``w_hh`` runs on PyTorch's BLAS (dense
+    matrices from ``BLAS_BATCH`` sequences up; on AVX-512 CPUs only below ``WIDE_OWN_BATCH``)."""
+    if w_hh.is_sparse or B < BLAS_BATCH:
+        return False
+    return B < WIDE_OWN_BATCH or not has_avx512()
 
 
 class SdMatrix(ctypes.Structure):
@@ -236,7 +249,7 @@ class CompiledKernels:
     def recurrent(self, cell: str, w_hh: Matrix, b_hh: torch.Tensor | None, g: torch.Tensor, T: int, B: int,
                   h: torch.Tensor, c: torch.Tensor | None, out: torch.Tensor | None = None, g_rows: bool = False):
         H = w_hh.cols
-        if not w_hh.is_sparse and B >= BLAS_BATCH:
+        if blas_recurrence(w_hh, B):
             return reference.recurrent(cell, w_hh, b_hh, g, T, B, h, c, g_rows=g_rows)
         if w_hh.rows != GATES[cell] * H:
             raise ValueError(f"{cell}: W_hh has {w_hh.rows} rows, expected {GATES[cell]} x {H}")

@@ -34,6 +34,8 @@ using floats = std::vector<float, LineAligned<float>>;
 
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
+typedef float vf16 __attribute__((vector_size(64)));  // AVX-512 target functions only
+typedef int32_t vi16 __attribute__((vector_size(64)));
 
 static inline vf8 vload(const float* p) { vf8 v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
@@ -88,27 +90,33 @@ static inline float fmadd(float a, float b, float c) { return a * b + c; }
 static inline vf8 vfmadd(vf8 a, vf8 b, vf8 c) { return a * b + c; }
 #endif
 
-// exp(x), Cephes expf: x = n ln2 + r, |r| <= ln2/2, 2^n from the exponent bits. About 1 ulp.
-static inline vf8 vexp(vf8 x) {
-    x = vmin(vmax(x, vsplat(-87.3365f)), vsplat(88.0f));
-    const vf8 magic = vsplat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
-    vf8 t = x * vsplat(1.44269504088896341f) + magic;
-    vf8 n = t - magic;
-    vf8 r = x - n * vsplat(0.693359375f);
-    r = r - n * vsplat(-2.12194440e-4f);
-    vf8 p = vsplat(1.9875691500e-4f);
-    p = p * r + vsplat(1.3981999507e-3f);
-    p = p * r + vsplat(8.3334519073e-3f);
-    p = p * r + vsplat(4.1665795894e-2f);
-    p = p * r + vsplat(1.6666665459e-1f);
-    p = p * r + vsplat(5.0000001201e-1f);
-    vf8 y = p * (r * r) + r + vsplat(1.0f);
-    vi8 ni = __builtin_convertvector(n, vi8);
-    vi8 bits = (ni + 127) << 23;
-    vf8 scale;
+// exp(x), Cephes expf: x = n ln2 + r, |r| <= ln2/2, 2^n from the exponent bits. About 1 ulp. Written once for
+// any width of vector (V floats, VI int32 lanes): every lane goes through the same operations, so a 16-lane
+// caller (the decoder's AVX-512 statistics) gets the 8-lane function's bits.
+template <class V, class VI>
+__attribute__((always_inline)) static inline V vexp_lanes(V x) {
+    const V lo = V{} + -87.3365f, hi = V{} + 88.0f;
+    x = x > lo ? x : lo;  // vmax, then vmin, as the 8-lane helpers
+    x = x < hi ? x : hi;
+    const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+    V t = x * (V{} + 1.44269504088896341f) + magic;
+    V n = t - magic;
+    V r = x - n * (V{} + 0.693359375f);
+    r = r - n * (V{} + -2.12194440e-4f);
+    V p = V{} + 1.9875691500e-4f;
+    p = p * r + (V{} + 1.3981999507e-3f);
+    p = p * r + (V{} + 8.3334519073e-3f);
+    p = p * r + (V{} + 4.1665795894e-2f);
+    p = p * r + (V{} + 1.6666665459e-1f);
+    p = p * r + (V{} + 5.0000001201e-1f);
+    V y = p * (r * r) + r + (V{} + 1.0f);
+    VI ni = __builtin_convertvector(n, VI);
+    VI bits = (ni + 127) << 23;
+    V scale;
     std::memcpy(&scale, &bits, sizeof scale);
     return y * scale;
 }
+static inline vf8 vexp(vf8 x) { return vexp_lanes<vf8, vi8>(x); }
 
 static inline vf8 vsigmoid(vf8 x) { return vsplat(1.0f) / (vsplat(1.0f) + vexp(-x)); }
 
