@@ -536,6 +536,35 @@ def test_a_column_does_not_depend_on_its_batch():
 
 
 @needs_compiled
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_dense_matrix_times_a_few_columns_gives_each_its_batch1_bits(n):
+    """A matrix the export kept dense times 2-7 columns (a small generation batch): each column goes through
+    the batch-1 path, so it gets bit for bit what it gets alone, products and log-softmax alike; dense maths
+    to 1e-5 (with poisoned outputs)."""
+    k = kernels_for("cpu", 2)
+    k.set_min_work(0)
+    try:
+        gen = torch.Generator().manual_seed(n)
+        w, b, x = torch.randn(300, 90, generator=gen), torch.randn(300, generator=gen), torch.randn(90, n, generator=gen)
+        m, tg = Matrix(dense=w), torch.randint(0, 300, (n,), generator=gen)
+        y = k.spmm(m, x, b, out=poisoned(300, n))
+        assert rel_err(y, w @ x + b[:, None]) < TOL
+        dec = k.decoder(m, b, x, tg, full=True, top1=True, out={"logprobs": poisoned(n, 300), "target_lp": poisoned(n),
+                                                                "argmax": poisoned(n, dtype=torch.int64),
+                                                                "max_lp": poisoned(n)})
+        want = torch.log_softmax((w @ x + b[:, None]).t(), dim=-1)
+        assert rel_err(dec["logprobs"], want) < TOL
+        assert torch.equal(dec["argmax"], want.argmax(-1))
+        for j in range(n):
+            col = x[:, j:j + 1].contiguous()
+            assert torch.equal(y[:, j], k.spmm(m, col, b)[:, 0])
+            alone = k.decoder(m, b, col, tg[j:j + 1], full=True, top1=True)
+            assert all(torch.equal(dec[key][j], alone[key][0]) for key in ("logprobs", "target_lp", "argmax", "max_lp"))
+    finally:
+        k.set_min_work(32768)
+
+
+@needs_compiled
 @pytest.mark.parametrize("values", [torch.float32, torch.float16])
 def test_packed_panels_equal_one_column_at_a_time(values):
     """300 columns: spmm's packed 64-column panels (several per thread) and the decoder's whole-block path over
