@@ -678,10 +678,10 @@ import hashlib, torch
 from selfish_deploy.csr import CSR
 from selfish_deploy.kernels import Matrix, kernels_for
 g = torch.Generator().manual_seed(0)
-w = torch.randn(300, 90, generator=g)
-mask = torch.rand(300, 90, generator=g) < 0.2
+w = torch.randn(300, 350, generator=g)  # 350 columns: rows of about 70 entries
+mask = torch.rand(300, 350, generator=g) < 0.2
 m = Matrix(csr=CSR.from_masked(w * mask, mask))
-x = torch.randn(90, 150, generator=g)  # two 64-column blocks and 22 more
+x = torch.randn(350, 150, generator=g)  # two 64-column blocks and 22 more
 k = kernels_for("cpu", 2)
 k.set_min_work(0)
 y = k.spmm(m, x, torch.randn(300, generator=g))
