@@ -565,6 +565,33 @@ def test_dense_matrix_times_a_few_columns_gives_each_its_batch1_bits(n):
 
 
 @needs_compiled
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("B", [2, 3, 7])
+def test_dense_recurrence_of_a_few_sequences_gives_each_its_alone_bits(cell, B):
+    """A dense W_hh (density 1.0) at 2-7 sequences (a small generation batch): each sequence is bit for bit the
+    call on it alone (both through the batch-1 row sums), over units that do not fill the last group of 8; and
+    PyTorch's cell to 1e-5."""
+    k = kernels_for("cpu", 2)
+    k.set_min_work(0)
+    try:
+        gen = torch.Generator().manual_seed(B)
+        H, T, G = 45, 4, {"lstm": 4, "gru": 3, "rnn_tanh": 1}[cell]
+        w_hh = Matrix(dense=torch.randn(G * H, H, generator=gen) * 0.2)
+        b_hh = torch.randn(G * H, generator=gen) if cell == "gru" else None
+        g, h = torch.randn(G * H, T * B, generator=gen), torch.randn(H, B, generator=gen)
+        c = torch.randn(H, B, generator=gen) if cell == "lstm" else None
+        out, h1, _ = k.recurrent(cell, w_hh, b_hh, g, T, B, h, c, out=poisoned(H, T * B))
+        r_out, r_h, _ = REF.recurrent(cell, w_hh, b_hh, g, T, B, h, c)
+        assert rel_err(out, r_out) < TOL and rel_err(h1, r_h) < TOL
+        for b in range(B):
+            one, _, _ = k.recurrent(cell, w_hh, b_hh, g.view(G * H, T, B)[:, :, b].contiguous(), T, 1,
+                                    h[:, b:b + 1].contiguous(), None if c is None else c[:, b:b + 1].contiguous())
+            assert torch.equal(out.view(H, T, B)[:, :, b], one)
+    finally:
+        k.set_min_work(32768)
+
+
+@needs_compiled
 @pytest.mark.parametrize("values", [torch.float32, torch.float16])
 def test_packed_panels_equal_one_column_at_a_time(values):
     """300 columns: spmm's packed 64-column panels (several per thread) and the decoder's whole-block path over
