@@ -20,8 +20,9 @@ BLAS_COLUMNS = 8  # a dense matrix (density 1.0) times 8+ columns is a GEMM: PyT
 BLAS_BATCH = 16
 # ... and on CPUs with AVX-512, where the batch recurrence's pairs of gate rows run 32 columns in 16-lane vectors
 # (matrix.h, dot_block2_32_wide), ours again from 32 sequences up: a dense W_hh (2,600 x 650), 64 steps on 2
-# threads of an AMD EPYC (Zen 5), BLAS / ours 0.53 at 16 sequences, 1.63 at 32, 1.26 at 64, 1.28 at 128, 1.16
-# at 256 (RESULTS.md, "seventeenth session"). LSTM, GRU and RNN layers only (RHN and ON-LSTM are not measured).
+# threads of an AMD EPYC (Zen 5), BLAS / ours 0.49 at 16 sequences, 1.49 at 32, 1.32 at 64, 1.16 at 128, 1.19
+# at 256 (`benchmarks/dense_baselines.py`; RESULTS.md, "Zen 5"). LSTM, GRU and RNN layers only (RHN and ON-LSTM
+# are not measured), and set on Zen 5 only (Zen 4 splits 512-bit FMAs in two: not measured there).
 WIDE_OWN_BATCH = 32
 # A recurrence at batch 1 (one W_hh times one column, T times over) on a matrix this dense or more uses the
 # dense batch-1 copy instead of SELL-8: its zeros cost less than SELL's per-entry index loads, and the one
