@@ -22,8 +22,9 @@ BLAS_BATCH = 16
 # (matrix.h, dot_block2_32_wide), ours again from 32 sequences up: a dense W_hh (2,600 x 650), 64 steps on 2
 # threads of an AMD EPYC (Zen 5), BLAS / ours 0.49 at 16 sequences, 1.49 at 32, 1.32 at 64, 1.16 at 128, 1.19
 # at 256 (`benchmarks/dense_baselines.py`; RESULTS.md, "Zen 5"). LSTM, GRU and RNN layers only (RHN and ON-LSTM
-# are not measured), and set on Zen 5 only (Zen 4 splits 512-bit FMAs in two: not measured there).
-WIDE_OWN_BATCH = 32
+# are not measured). Measured on Zen 5 only, so capped below 128 sequences, where the 8-lane loop ran 0.45x
+# BLAS on Zen 4 (which splits 512-bit FMAs in two) and Zen 5 gains least (1.16-1.19x).
+WIDE_OWN_BATCH = (32, 128)
 # A recurrence at batch 1 (one W_hh times one column, T times over) on a matrix this dense or more uses the
 # dense batch-1 copy instead of SELL-8: its zeros cost less than SELL's per-entry index loads, and the one
 # matrix stays in cache across the steps. `benchmarks/kernels_ab.py --baseline dense-batch1-off` (reference
@@ -46,10 +47,11 @@ INDEX_BITS = {torch.uint16: 16, torch.int32: 32}
 
 def blas_recurrence(w_hh: Matrix, B: int) -> bool:
     """Whether an LSTM/GRU/RNN recurrence of ``B`` sequences on ``w_hh`` runs on PyTorch's BLAS (dense
-    matrices from ``BLAS_BATCH`` sequences up; on AVX-512 CPUs only below ``WIDE_OWN_BATCH``)."""
+    matrices from ``BLAS_BATCH`` sequences up; on AVX-512 CPUs not within ``WIDE_OWN_BATCH``)."""
     if w_hh.is_sparse or B < BLAS_BATCH:
         return False
-    return B < WIDE_OWN_BATCH or not has_avx512()
+    lo, hi = WIDE_OWN_BATCH
+    return not (lo <= B < hi and has_avx512())
 
 
 class SdMatrix(ctypes.Structure):
