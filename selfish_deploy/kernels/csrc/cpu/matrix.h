@@ -698,13 +698,15 @@ static inline vf8 dense_rows8(const float* w, int64_t ld, int64_t n, const float
     return s;
 }
 
-// each_row_b1 for a matrix the export kept dense: rows in order, eight at a time through dense_rows8 when X's
-// column is contiguous (ldx 1), else one dot1 per row.
+// each_row_b1 for a matrix the export kept dense: rows in order, eight at a time through dense_rows8; a column
+// of X that is not contiguous (ldx > 1: one of a few columns, as spmm's, the decoder's and a small batch's) is
+// copied first, so every batch-1 path sums a row in the same order.
 template <class F>
 static inline void each_row_b1(const Dense& W, int64_t p0, int64_t p1, const float* X, int64_t ldx, F&& f) {
+    floats xc(ldx != 1 ? W.cols : 0);
     if (ldx != 1) {
-        for (int64_t p = p0; p < p1; ++p) f(p, dot1(W.row(p), X, ldx));
-        return;
+        for (int64_t k = 0; k < W.cols; ++k) xc[k] = X[k * ldx];
+        X = xc.data();
     }
     for (int64_t p = p0; p < p1; p += 8) {
         const int nr = (int)std::min<int64_t>(8, p1 - p);
